@@ -1,0 +1,127 @@
+"""The chain itself: a batch of images through classify, detect, crop and OCR."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from workers.pipeline.classify import Classifier, TorchClassifier
+from workers.pipeline.crop import Cropper
+from workers.pipeline.detect import Detector, load_detector
+from workers.pipeline.device import choose_device
+from workers.pipeline.images import to_rgb
+from workers.pipeline.ocr import Reader, load_reader
+from workers.pipeline.pack import ModelPack
+from workers.pipeline.results import Box, ImageResult, Region
+
+StageCallback = Callable[[str], None]
+
+
+@dataclass
+class Pipeline:
+    pack: ModelPack
+    classifier: Classifier
+    detector: Detector
+    cropper: Cropper
+    reader: Reader
+    device: torch.device
+
+    def run(
+        self, images: list[Image.Image], on_stage: StageCallback | None = None
+    ) -> list[ImageResult]:
+        """Read a batch; one result per image, in order.
+
+        A stage's time is measured over the whole batch and shared out evenly, so
+        ``timings_ms`` of a batch of one is that image's own time.
+        """
+        notify = on_stage or (lambda stage: None)
+        n = len(images)
+        if n == 0:
+            return []
+        timings: dict[str, float] = {}
+
+        notify("classify")
+        t0 = time.perf_counter()
+        rgb = [to_rgb(im) for im in images]
+        verdicts = self.classifier.classify(rgb)
+        timings["classify"] = _ms_since(t0) / n
+
+        relevant = [i for i, v in enumerate(verdicts) if v.relevant]
+        notify("detect")
+        t0 = time.perf_counter()
+        found = self.detector.detect([rgb[i] for i in relevant]) if relevant else []
+        detections = {i: dets for i, dets in zip(relevant, found, strict=True)}
+        timings["detect"] = _ms_since(t0) / n
+
+        notify("crop")
+        t0 = time.perf_counter()
+        crops = {i: self.cropper.crop(rgb[i], [d.box for d in detections[i]]) for i in relevant}
+        timings["crop"] = _ms_since(t0) / n
+
+        notify("ocr")
+        t0 = time.perf_counter()
+        flat = [c for i in relevant for c in crops[i]]
+        readings = iter(self.reader.read(flat))
+        timings["ocr"] = _ms_since(t0) / n
+
+        results = []
+        for i, verdict in enumerate(verdicts):
+            dets, cuts = detections.get(i, []), crops.get(i, [])
+            regions = [
+                Region(d.box, d.label, d.score, r.text, r.confidence)
+                for d, r in zip(dets, (next(readings) for _ in dets), strict=True)
+            ]
+            order = reading_order([r.box for r in regions])
+            results.append(
+                ImageResult(
+                    classification=verdict,
+                    regions=[regions[k] for k in order],
+                    timings_ms=dict(timings),
+                    width=rgb[i].width,
+                    height=rgb[i].height,
+                    crops=[cuts[k] for k in order],
+                )
+            )
+        return results
+
+
+def reading_order(boxes: list[Box]) -> list[int]:
+    """Column by column, top to bottom: the order a person reads the numbers in."""
+    if not boxes:
+        return []
+    heights = sorted(b[3] - b[1] for b in boxes)
+    column_gap = 8 * heights[len(heights) // 2]
+    columns: list[list[int]] = []
+    for k in sorted(range(len(boxes)), key=lambda k: boxes[k][0]):
+        if columns and boxes[k][0] - boxes[columns[-1][0]][0] < column_gap:
+            columns[-1].append(k)
+        else:
+            columns.append([k])
+    return [k for col in columns for k in sorted(col, key=lambda k: boxes[k][1])]
+
+
+def _ms_since(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def load_pipeline(pack_dir: str | Path | None = None, device: str | None = None) -> Pipeline:
+    """Load a model pack once: every model on ``device`` (CUDA when present by default)."""
+    pack = ModelPack.load(pack_dir)
+    dev = choose_device(device)
+    if dev.type == "cpu" and torch.get_num_threads() > 8:
+        torch.set_num_threads(8)
+    classifier = TorchClassifier.from_pack(pack, dev)
+    detector = load_detector(pack, dev)
+    return Pipeline(
+        pack=pack,
+        classifier=classifier,
+        detector=detector,
+        cropper=Cropper.from_config(pack.crop),
+        reader=load_reader(pack.ocr),
+        device=dev,
+    )
