@@ -1,0 +1,229 @@
+"""``python -m workers.training COMMAND``: make data, train models, write a pack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from workers.pipeline.pack import write_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def reference_manifest(name: str, version: str) -> dict:
+    """The settings of the reference pack; a user's pack may change any of them."""
+    from workers.training import train_classifier, train_detector
+
+    return {
+        "name": name,
+        "version": version,
+        "description": "Problem numbers (3.14, 12.7, 215) on photos of problem-book pages.",
+        "classify": {
+            "backend": "torchvision",
+            "arch": "resnet8",
+            "format": "state_dict",
+            "file": "classifier.pt",
+            "classes": train_classifier.CLASSES,
+            "relevant": ["page"],
+            "input_size": 192,
+            "threshold": 0.5,
+        },
+        "detect": {
+            "backend": "torchvision",
+            "arch": "fasterrcnn_tiny",
+            "format": "state_dict",
+            "file": "detector.pt",
+            "classes": train_detector.CLASSES,
+            "image_size": 800,
+            "score_threshold": 0.5,
+            "max_regions": 100,
+        },
+        "crop": {"pad_x": 0.25, "pad_y": 0.2, "deskew": True, "height": 36, "max_width": 600},
+        "ocr": {
+            "backend": "tesserocr",
+            "languages": "eng",
+            "psm": 7,
+            "allow": "0123456789.*",
+            "pattern": r"\d+(?:\.\d+)*",
+            "timeout_ms": 500,
+            "threads": 2,
+        },
+    }
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from workers.training.dataset import generate
+
+    t0 = time.perf_counter()
+    generate(Path(args.out), args.split, args.pages, args.negatives, args.workers)
+    seconds = time.perf_counter() - t0
+    print(f"rendered {args.pages} pages, {args.negatives} negatives in {seconds:.0f} s")
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> None:
+    from workers.training.train_classifier import train
+
+    print(json.dumps(train(Path(args.data), Path(args.out), epochs=args.epochs, seed=args.seed)))
+
+
+def cmd_train_detector(args: argparse.Namespace) -> None:
+    from workers.training.train_detector import train
+
+    stats = train(
+        Path(args.data),
+        Path(args.out),
+        iterations=args.iterations,
+        batch=args.batch,
+        crop=args.crop,
+        seed=args.seed,
+    )
+    print(json.dumps(stats))
+
+
+def cmd_pack(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(args.classifier, out / "classifier.pt")
+    shutil.copyfile(args.detector, out / "detector.pt")
+    manifest = reference_manifest(args.name, args.version)
+    path = write_manifest(out, manifest, ["classifier.pt", "detector.pt"])
+    print(f"wrote {path}")
+
+
+def cmd_reference(args: argparse.Namespace) -> None:
+    """Everything that makes the reference pack, start to finish."""
+    data = Path(args.data)
+    work = data / "weights"
+    log: dict[str, object] = {"hardware": hardware(), "torch": torch.__version__}
+    steps = [
+        (
+            "generate",
+            [
+                "generate",
+                "--split",
+                "train",
+                "--pages",
+                str(args.pages),
+                "--negatives",
+                str(args.negatives),
+                "--out",
+                str(data / "train"),
+            ],
+        ),
+        (
+            "train-classifier",
+            [
+                "train-classifier",
+                "--data",
+                str(data / "train"),
+                "--out",
+                str(work / "classifier.pt"),
+            ],
+        ),
+        (
+            "train-detector",
+            [
+                "train-detector",
+                "--data",
+                str(data / "train"),
+                "--out",
+                str(work / "detector.pt"),
+                "--iterations",
+                str(args.iterations),
+            ],
+        ),
+        (
+            "pack",
+            [
+                "pack",
+                "--classifier",
+                str(work / "classifier.pt"),
+                "--detector",
+                str(work / "detector.pt"),
+                "--out",
+                args.out,
+                "--name",
+                args.name,
+                "--version",
+                args.version,
+            ],
+        ),
+    ]
+    for name, argv in steps:
+        t0 = time.perf_counter()
+        print(f"== {name}: python -m workers.training {' '.join(argv)}", flush=True)
+        main(argv)
+        log[name] = {"argv": argv, "seconds": round(time.perf_counter() - t0, 1)}
+    Path(args.out, "training.json").write_text(json.dumps(log, indent=2) + "\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m workers.training", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="render a data set of page photos and negatives")
+    g.add_argument("--split", choices=["train", "heldout"], required=True)
+    g.add_argument("--pages", type=int, default=1500)
+    g.add_argument("--negatives", type=int, default=1500)
+    g.add_argument("--out", required=True)
+    g.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("train-classifier", help="train the page-or-not ResNet-8")
+    c.add_argument("--data", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--epochs", type=int, default=12)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=cmd_train_classifier)
+
+    d = sub.add_parser("train-detector", help="train the number detector")
+    d.add_argument("--data", required=True)
+    d.add_argument("--out", required=True)
+    d.add_argument("--iterations", type=int, default=3000)
+    d.add_argument("--batch", type=int, default=8)
+    d.add_argument("--crop", type=int, default=384)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_train_detector)
+
+    k = sub.add_parser("pack", help="write a model pack from trained weights")
+    k.add_argument("--classifier", required=True)
+    k.add_argument("--detector", required=True)
+    k.add_argument("--out", required=True)
+    k.add_argument("--name", default="reference")
+    k.add_argument("--version", default="1.0.0")
+    k.set_defaults(func=cmd_pack)
+
+    r = sub.add_parser("reference", help="make the reference pack from nothing")
+    r.add_argument("--data", default=str(REPO / "data" / "synth"))
+    r.add_argument("--out", default=str(REPO / "models" / "reference"))
+    r.add_argument("--pages", type=int, default=1500)
+    r.add_argument("--negatives", type=int, default=1500)
+    r.add_argument("--iterations", type=int, default=3000)
+    r.add_argument("--name", default="reference")
+    r.add_argument("--version", default="1.0.0")
+    r.set_defaults(func=cmd_reference)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
