@@ -1,0 +1,470 @@
+"""The one module that changes a job's state.
+
+    queued -> running -> succeeded | rejected | failed;  queued | running -> canceled
+
+Every transition is a conditional update (WHERE status = ... [AND attempts = claim]),
+so a duplicate message, a late worker or a second click changes nothing and says so by
+returning False or None. Every change is published to the job's channel-layer group
+after commit, and the Celery message is sent after commit, carrying only the job id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from detection.models import UNFINISHED, Job, Region, Stage, Status
+from detection.selectors import job_by_idempotency_key, job_group, job_payload
+from detection.uploads import NormalizedImage
+
+log = logging.getLogger(__name__)
+
+READ_JOB_TASK = "workers.tasks.read_job"
+READ_QUEUE = "gpu"
+
+
+class JobError(Exception):
+    """A refused request about a job, with a stable code for the API."""
+
+    code = "job_error"
+
+    def __init__(self, message: str, **detail: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class NotCancelable(JobError):
+    code = "not_cancelable"
+
+
+class TooManyUnfinishedJobs(JobError):
+    code = "too_many_unfinished_jobs"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on one attempt of a job; later writes must present it."""
+
+    job_id: uuid.UUID
+    attempt: int
+    worker_host: str
+    image_name: str
+
+
+@dataclass(frozen=True)
+class RegionReading:
+    box: tuple[float, float, float, float]
+    label: str
+    score: float
+    text: str
+    confidence: float
+    crop_png: bytes
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the chain said about one job's image, in plain values (no torch, no PIL)."""
+
+    label: str
+    score: float
+    relevant: bool
+    pack_name: str
+    pack_version: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    regions: list[RegionReading] = field(default_factory=list)
+    annotated_jpeg: bytes | None = None
+
+
+@dataclass
+class SweepReport:
+    resent: int = 0
+    requeued: int = 0
+    failed: int = 0
+
+
+# -- submit ---------------------------------------------------------------------------
+
+
+def job_submit(owner: Any, image: NormalizedImage, idempotency_key: str = "") -> tuple[Job, bool]:
+    """Store the image and a queued job; returns (job, created).
+
+    With an idempotency key already used by this owner, the earlier job comes back and
+    nothing is stored.
+    """
+    existing = job_by_idempotency_key(owner, idempotency_key)
+    if existing is not None:
+        return existing, False
+    # Unlocked first look, so that a user at the cap is refused before a file is written;
+    # the locked count inside the transaction below is the one that decides.
+    _check_unfinished_cap(owner, locked=False)
+
+    job_id = uuid.uuid4()
+    name = default_storage.save(f"jobs/{job_id}/input.{image.extension}", ContentFile(image.data))
+    try:
+        with transaction.atomic():
+            _check_unfinished_cap(owner)
+            job = Job.objects.create(
+                id=job_id,
+                owner=owner,
+                image=name,
+                image_width=image.width,
+                image_height=image.height,
+                image_sha256=image.sha256,
+                idempotency_key=idempotency_key,
+            )
+            _after_commit_publish(job)
+            transaction.on_commit(lambda: _send(job_id))
+    except IntegrityError:
+        _remove_files(str(job_id))
+        # Two requests raced with the same key: the other one won.
+        existing = job_by_idempotency_key(owner, idempotency_key)
+        if existing is not None:
+            return existing, False
+        raise
+    except BaseException:
+        _remove_files(str(job_id))
+        raise
+    return job, True
+
+
+def _check_unfinished_cap(owner: Any, locked: bool = True) -> None:
+    """Refuse a submit over the owner's cap on unfinished jobs; call inside the insert's
+    transaction.
+
+    The count is exact and cannot be raced: a transaction-scoped advisory lock keyed by
+    the owner serialises one owner's submits (count, insert, commit) across every web
+    process, and other owners never wait. PostgreSQL is the truth here, not a Redis
+    counter: a counter drifts when a terminal transition's decrement is lost (Redis down,
+    a process killed between commit and decrement) and would then refuse a user wrongly
+    for as long as it stays wrong; and submits keep working while Redis is down.
+    """
+    limit = settings.SNAPREAD_MAX_UNFINISHED_JOBS
+    if locked:
+        with connection.cursor() as cursor:
+            # A hash collision only makes two owners' submits take turns.
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                [f"snapread:unfinished-cap:{owner.pk}"],
+            )
+    unfinished = Job.objects.filter(owner=owner, status__in=UNFINISHED).count()
+    if unfinished >= limit:
+        raise TooManyUnfinishedJobs(
+            f"You have {unfinished} unfinished jobs and the limit is {limit}; "
+            "wait for some to finish or cancel some.",
+            limit=limit,
+        )
+
+
+# -- the worker's side ----------------------------------------------------------------
+
+
+def job_claim(job_id: uuid.UUID | str, worker_host: str) -> Claim | None:
+    """Take a queued job for one attempt; None when it is not queued (duplicate, late)."""
+    now = timezone.now()
+    with transaction.atomic():
+        changed = Job.objects.filter(id=job_id, status=Status.QUEUED).update(
+            status=Status.RUNNING,
+            stage="",
+            attempts=F("attempts") + 1,
+            lease_expires_at=now + _lease(),
+            worker_host=worker_host[:255],
+            started_at=now,
+        )
+        if not changed:
+            return None
+        # The UPDATE holds the row lock until commit, so this read sees our own values.
+        job = Job.objects.get(id=job_id)
+        _after_commit_publish(job)
+    return Claim(job.id, job.attempts, worker_host, job.image.name)
+
+
+def job_advance_stage(claim: Claim, stage: str) -> bool:
+    """Record the stage now running and renew the lease; False when the claim is stale."""
+    if stage not in Stage.values:
+        raise ValueError(f"unknown stage {stage!r}")
+    return _running_update(claim, stage=stage, lease_expires_at=timezone.now() + _lease())
+
+
+def job_renew_lease(claim: Claim) -> bool:
+    return _running_update(claim, lease_expires_at=timezone.now() + _lease())
+
+
+def job_complete(claim: Claim, reading: Reading) -> bool:
+    """Write every region, crop and the annotated image at once; False if not ours."""
+    with transaction.atomic():
+        job = (
+            Job.objects.select_for_update()
+            .filter(id=claim.job_id, status=Status.RUNNING, attempts=claim.attempt)
+            .first()
+        )
+        if job is None:
+            return False
+        written: list[str] = []
+        try:
+            regions = []
+            for index, r in enumerate(reading.regions):
+                crop = default_storage.save(
+                    f"{job.media_dir}/crop-{claim.attempt}-{index:03d}.png",
+                    ContentFile(r.crop_png),
+                )
+                written.append(crop)
+                x0, y0, x1, y1 = (float(v) for v in r.box)
+                regions.append(
+                    Region(
+                        job=job, index=index, x0=x0, y0=y0, x1=x1, y1=y1, label=r.label,
+                        score=r.score, crop=crop, text=r.text, confidence=r.confidence,
+                    )
+                )  # fmt: skip
+            if reading.annotated_jpeg is not None:
+                job.annotated_image = default_storage.save(
+                    f"{job.media_dir}/annotated-{claim.attempt}.jpg",
+                    ContentFile(reading.annotated_jpeg),
+                )
+                written.append(job.annotated_image.name)
+            Region.objects.bulk_create(regions)
+            _set_reading(job, reading, Status.SUCCEEDED)
+            job.save()
+        except BaseException:
+            for name in written:
+                default_storage.delete(name)
+            raise
+        _after_commit_publish(job)
+    return True
+
+
+def job_reject(claim: Claim, reading: Reading) -> bool:
+    """The classifier judged the image not relevant: no detection ran."""
+    with transaction.atomic():
+        job = (
+            Job.objects.select_for_update()
+            .filter(id=claim.job_id, status=Status.RUNNING, attempts=claim.attempt)
+            .first()
+        )
+        if job is None:
+            return False
+        _set_reading(job, reading, Status.REJECTED)
+        job.save()
+        _after_commit_publish(job)
+    return True
+
+
+def job_fail(claim: Claim, code: str, message: str) -> bool:
+    return _running_update(
+        claim,
+        status=Status.FAILED,
+        stage="",
+        error_code=code[:64],
+        error_message=message,
+        lease_expires_at=None,
+        finished_at=timezone.now(),
+    )
+
+
+# -- the owner's side -----------------------------------------------------------------
+
+
+def job_cancel(job_id: uuid.UUID | str, owner: Any) -> Job:
+    """Cancel an unfinished job of this owner. A running chain stops at its next stage."""
+    with transaction.atomic():
+        changed = Job.objects.filter(id=job_id, owner=owner, status__in=UNFINISHED).update(
+            status=Status.CANCELED, stage="", lease_expires_at=None, finished_at=timezone.now()
+        )
+        job = Job.objects.get(id=job_id, owner=owner)
+        if not changed:
+            raise NotCancelable(f"The job is {job.status}; only queued or running jobs cancel.")
+        _after_commit_publish(job)
+    return job
+
+
+def job_delete(job_id: uuid.UUID | str, owner: Any) -> None:
+    """Delete the job, its regions and every stored file of it."""
+    with transaction.atomic():
+        # The lock makes a worker completing right now either finish first (and its
+        # files are removed with the rest) or find no row and write nothing.
+        job = Job.objects.select_for_update().get(id=job_id, owner=owner)
+        job.delete()
+        transaction.on_commit(lambda: _remove_files(str(job_id)))
+        transaction.on_commit(lambda: _publish(str(job_id), None))
+
+
+# -- the sweeper ----------------------------------------------------------------------
+
+
+def job_resend(job_id: uuid.UUID | str, queued_before: Any) -> bool:
+    """Send a job's message again if it is still queued since before the given time."""
+    with transaction.atomic():
+        changed = Job.objects.filter(
+            id=job_id, status=Status.QUEUED, enqueued_at__lt=queued_before
+        ).update(enqueued_at=timezone.now())
+        if changed:
+            transaction.on_commit(lambda: _send(job_id))
+    return bool(changed)
+
+
+def job_requeue(job_id: uuid.UUID | str) -> bool:
+    """Take back a running job whose lease ran out, while it has attempts left."""
+    now = timezone.now()
+    with transaction.atomic():
+        changed = Job.objects.filter(
+            id=job_id,
+            status=Status.RUNNING,
+            lease_expires_at__lt=now,
+            attempts__lt=settings.SNAPREAD_MAX_ATTEMPTS,
+        ).update(
+            status=Status.QUEUED, stage="", lease_expires_at=None, worker_host="", enqueued_at=now
+        )
+        if changed:
+            _after_commit_publish(Job.objects.get(id=job_id))
+            transaction.on_commit(lambda: _send(job_id))
+    return bool(changed)
+
+
+def job_give_up(job_id: uuid.UUID | str) -> bool:
+    """Fail a running job whose lease ran out on its last allowed attempt."""
+    now = timezone.now()
+    with transaction.atomic():
+        changed = Job.objects.filter(
+            id=job_id,
+            status=Status.RUNNING,
+            lease_expires_at__lt=now,
+            attempts__gte=settings.SNAPREAD_MAX_ATTEMPTS,
+        ).update(
+            status=Status.FAILED,
+            stage="",
+            lease_expires_at=None,
+            finished_at=now,
+            error_code="too_many_attempts",
+            error_message=(
+                f"The worker stopped answering on each of {settings.SNAPREAD_MAX_ATTEMPTS} "
+                "attempts (the limit); the image may crash or stall the reader."
+            ),
+        )
+        if changed:
+            _after_commit_publish(Job.objects.get(id=job_id))
+    return bool(changed)
+
+
+def sweep(batch: int = 500) -> SweepReport:
+    """Re-send jobs queued too long; take back or fail jobs whose lease ran out."""
+    now = timezone.now()
+    report = SweepReport()
+    queued_before = now - timedelta(seconds=settings.SNAPREAD_RESEND_AFTER_SECONDS)
+    stale = Job.objects.filter(status=Status.QUEUED, enqueued_at__lt=queued_before)
+    stale_ids = list(stale.order_by("enqueued_at").values_list("id", flat=True)[:batch])
+    if stale_ids and (waiting := _messages_waiting()) is not None:
+        # A job queued a long time is usually just waiting its turn behind a backlog, its
+        # message still in the queue; re-sending every such job on every sweep would add
+        # a duplicate per job per sweep for as long as the backlog lasts. Only as many
+        # messages as are surely missing go out again, oldest jobs first; once the queue
+        # drains below the number of queued jobs, the rest follow on later sweeps.
+        missing = Job.objects.filter(status=Status.QUEUED).count() - waiting
+        stale_ids = stale_ids[: max(0, missing)]
+    for job_id in stale_ids:
+        report.resent += job_resend(job_id, queued_before)
+    expired = Job.objects.filter(status=Status.RUNNING, lease_expires_at__lt=now)
+    for job_id in expired.values_list("id", flat=True)[:batch]:
+        if job_requeue(job_id):
+            report.requeued += 1
+        elif job_give_up(job_id):
+            report.failed += 1
+    return report
+
+
+# -- internals ------------------------------------------------------------------------
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=settings.SNAPREAD_LEASE_SECONDS)
+
+
+def _running_update(claim: Claim, **values: Any) -> bool:
+    with transaction.atomic():
+        changed = Job.objects.filter(
+            id=claim.job_id, status=Status.RUNNING, attempts=claim.attempt
+        ).update(**values)
+        if changed:
+            _after_commit_publish(Job.objects.get(id=claim.job_id))
+    return bool(changed)
+
+
+def _set_reading(job: Job, reading: Reading, status: Status) -> None:
+    job.status = status
+    job.stage = ""
+    job.classification_label = reading.label[:100]
+    job.classification_score = reading.score
+    job.classification_relevant = reading.relevant
+    job.pack_name = reading.pack_name[:100]
+    job.pack_version = reading.pack_version[:100]
+    job.timings_ms = {k: round(float(v), 2) for k, v in reading.timings_ms.items()}
+    job.lease_expires_at = None
+    job.finished_at = timezone.now()
+
+
+def _after_commit_publish(job: Job) -> None:
+    # The payload is taken now, inside the transaction, so subscribers see every state in
+    # the order it was committed rather than whatever the row holds when they are told.
+    payload = job_payload(job)
+    transaction.on_commit(lambda: _publish(str(job.id), payload))
+
+
+def _publish(job_id: str, payload: dict | None) -> None:
+    message = {"type": "job.update", "job": payload} if payload else {"type": "job.deleted"}
+    try:
+        async_to_sync(get_channel_layer().group_send)(job_group(job_id), message)
+    except Exception:
+        # Live updates are a convenience; the row is the truth and clients can poll.
+        log.exception("could not publish job %s", job_id)
+
+
+def _send(job_id: uuid.UUID | str) -> None:
+    from project.celery import app
+
+    try:
+        app.send_task(READ_JOB_TASK, args=[str(job_id)])
+    except Exception:
+        # The job stays queued; the sweeper sends it again.
+        log.exception("could not enqueue job %s; the sweeper will re-send it", job_id)
+
+
+def _messages_waiting() -> int | None:
+    """Messages in the reading queue now (not those workers hold); None when unknown."""
+    from project.celery import app
+
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=1)
+            _, count, _ = conn.default_channel.queue_declare(queue=READ_QUEUE)
+            return int(count)
+    except Exception:
+        # Unknown: re-send every stale job, as if nothing waited.
+        log.warning("could not count the messages in queue %s", READ_QUEUE, exc_info=True)
+        return None
+
+
+def _remove_files(job_id: str) -> None:
+    directory = f"jobs/{job_id}"
+    try:
+        if not default_storage.exists(directory):
+            return
+        _, files = default_storage.listdir(directory)
+        for name in files:
+            default_storage.delete(f"{directory}/{name}")
+        path = getattr(default_storage, "path", None)
+        if path is not None:
+            os.rmdir(path(directory))
+    except OSError:
+        log.exception("could not remove the files of job %s", job_id)

@@ -1,0 +1,86 @@
+"""Reading jobs: who may see what, and the one public shape of a job."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.db.models import QuerySet
+from django.urls import reverse
+
+from detection.models import Job, Region, Status
+
+
+def job_group(job_id: uuid.UUID | str) -> str:
+    """The channel-layer group that hears every change of one job."""
+    return f"job-{job_id}"
+
+
+def jobs_of(owner: Any, status: str | None = None) -> QuerySet[Job]:
+    jobs = Job.objects.filter(owner=owner).prefetch_related("regions")
+    if status:
+        jobs = jobs.filter(status=status)
+    return jobs.order_by("-created_at")
+
+
+def job_of(owner: Any, job_id: uuid.UUID | str) -> Job:
+    """The owner's job; Job.DoesNotExist for anyone else's, so it reads as a 404."""
+    return Job.objects.prefetch_related("regions").get(id=job_id, owner=owner)
+
+
+def job_by_idempotency_key(owner: Any, key: str) -> Job | None:
+    return Job.objects.filter(owner=owner, idempotency_key=key).first() if key else None
+
+
+def region_of(owner: Any, job_id: uuid.UUID | str, index: int) -> Region:
+    return Region.objects.select_related("job").get(job_id=job_id, job__owner=owner, index=index)
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def job_payload(job: Job) -> dict[str, Any]:
+    """The job as the API, the WebSocket and the page show it."""
+    job_id = str(job.id)
+    regions = [
+        {
+            "index": r.index,
+            "box": [r.x0, r.y0, r.x1, r.y1],
+            "label": r.label,
+            "score": r.score,
+            "text": r.text,
+            "confidence": r.confidence,
+            "crop_url": reverse("region-crop", args=[job_id, r.index]) if r.crop else None,
+        }
+        for r in sorted(job.regions.all(), key=lambda r: r.index)
+    ]
+    classification = None
+    if job.classification_label:
+        classification = {
+            "label": job.classification_label,
+            "score": job.classification_score,
+            "relevant": job.classification_relevant,
+        }
+    return {
+        "id": job_id,
+        "status": job.status,
+        "stage": job.stage or None,
+        "classification": classification,
+        "regions": regions,
+        "image_url": reverse("job-image", args=[job_id]),
+        "annotated_url": reverse("job-annotated", args=[job_id]) if job.annotated_image else None,
+        "width": job.image_width,
+        "height": job.image_height,
+        "sha256": job.image_sha256,
+        "timings_ms": job.timings_ms or {},
+        "error": {"code": job.error_code, "message": job.error_message}
+        if job.status == Status.FAILED or job.error_code
+        else None,
+        "attempts": job.attempts,
+        "pack": {"name": job.pack_name, "version": job.pack_version} if job.pack_name else None,
+        "created_at": _time(job.created_at),
+        "started_at": _time(job.started_at),
+        "finished_at": _time(job.finished_at),
+    }
