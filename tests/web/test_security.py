@@ -1,0 +1,158 @@
+"""Who may see what, who may submit how much, and production settings."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import WebsocketCommunicator
+from django.db import connection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rest_framework.authtoken.models import Token
+
+from detection import jobs
+from detection.api.throttles import SubmitThrottle
+from detection.models import Job
+from detection.uploads import normalize_upload
+from project.asgi import application
+
+from .conftest import image_bytes, queued_job_without_message, upload
+
+REPO = Path(__file__).resolve().parents[2]
+READING = jobs.Reading(
+    label="page", score=0.9, relevant=True, pack_name="p", pack_version="1",
+    regions=[jobs.RegionReading((0, 0, 8, 8), "n", 0.9, "7", 90.0, image_bytes(size=(8, 8)))],
+    annotated_jpeg=image_bytes(fmt="JPEG"),
+)  # fmt: skip
+
+
+def finished_job(owner) -> Job:
+    job = queued_job_without_message(owner)
+    claim = jobs.job_claim(job.id, "w")
+    assert claim is not None and jobs.job_complete(claim, READING)
+    return Job.objects.get(id=job.id)
+
+
+@pytest.mark.django_db
+def test_it_serves_the_crops_and_annotated_image_of_a_finished_job_only_to_its_owner(
+    alice, alice_api, bob_api
+) -> None:
+    job = finished_job(alice)
+    urls = [f"/api/v1/jobs/{job.id}/annotated/", f"/api/v1/jobs/{job.id}/regions/0/crop/"]
+
+    assert [alice_api.get(url).status_code for url in urls] == [200, 200]
+    assert [bob_api.get(url).status_code for url in urls] == [404, 404]
+
+
+@pytest.mark.django_db
+def test_stored_files_have_no_public_url(alice, client) -> None:
+    job = finished_job(alice)
+
+    for name in (job.image.name, job.annotated_image.name, job.regions.get().crop.name):
+        assert client.get(f"/media-not-served/{name}").status_code == 404
+        assert client.get(f"/media/{name}").status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_refuses_a_socket_without_an_origin_header(alice) -> None:
+    job = queued_job_without_message(alice)
+    path = f"/ws/jobs/{job.id}/?token={Token.objects.get_or_create(user=alice)[0].key}"
+
+    async def scenario() -> bool:
+        socket = WebsocketCommunicator(application, path)
+        connected, _ = await socket.connect(timeout=5)
+        await socket.disconnect()
+        return connected
+
+    assert async_to_sync(scenario)() is False
+
+
+@pytest.mark.django_db
+def test_the_cap_answers_429_naming_the_limit(alice_api, settings) -> None:
+    settings.SNAPREAD_MAX_UNFINISHED_JOBS = 1
+    alice_api.post("/api/v1/jobs/", {"image": upload(image_bytes())}, format="multipart")
+
+    response = alice_api.post("/api/v1/jobs/", {"image": upload(image_bytes())}, format="multipart")
+
+    assert response.status_code == 429
+    assert response.json()["detail"] == {"limit": 1}
+    assert Job.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_cap_on_unfinished_jobs_cannot_be_raced(alice, settings) -> None:
+    settings.SNAPREAD_MAX_UNFINISHED_JOBS = 3
+    image = normalize_upload(io.BytesIO(image_bytes()))
+    start = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def submit() -> None:
+        try:
+            start.wait()
+            jobs.job_submit(alice, image)
+            outcomes.append("created")
+        except jobs.TooManyUnfinishedJobs:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 5
+    assert Job.objects.filter(owner=alice).count() == 3
+
+
+@pytest.mark.django_db
+def test_submits_go_on_when_the_throttles_redis_is_down(alice_api, monkeypatch) -> None:
+    class DeadCache:
+        def get(self, *args: object, **kwargs: object) -> None:
+            raise RedisConnectionError("Connection refused")
+
+    monkeypatch.setattr(SubmitThrottle, "cache", DeadCache())
+
+    response = alice_api.post("/api/v1/jobs/", {"image": upload(image_bytes())}, format="multipart")
+
+    assert response.status_code == 201
+
+
+def test_check_deploy_is_clean_with_production_settings(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SNAPREAD_HTTPS")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="project.settings",
+        DEBUG="0",
+        SECRET_KEY="prod-like-" + "k3y!" * 16,
+        ALLOWED_HOSTS="snapread.example",
+        CSRF_TRUSTED_ORIGINS="https://snapread.example",
+        STATIC_ROOT=str(tmp_path / "static"),
+        MEDIA_ROOT=str(tmp_path / "media"),
+    )
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "no issues" in done.stdout
+
+
+def test_production_settings_refuse_to_start_without_a_secret_key(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    env.update(DJANGO_SETTINGS_MODULE="project.settings", DEBUG="0")
+
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    assert done.returncode != 0
+    assert "SECRET_KEY" in done.stderr

@@ -1,0 +1,159 @@
+"""detection.jobs, the one module that changes a job's state, refuses what is illegal."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from detection import jobs
+from detection.models import Job, Region, Status
+
+from .conftest import queued_job_without_message
+
+pytestmark = pytest.mark.django_db
+
+READING = jobs.Reading(label="page", score=0.9, relevant=True, pack_name="p", pack_version="1")
+
+
+def expire_lease(job: Job) -> None:
+    Job.objects.filter(id=job.id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+
+def test_it_claims_a_queued_job_only_once(alice) -> None:
+    job = queued_job_without_message(alice)
+
+    first = jobs.job_claim(job.id, "w1")
+    second = jobs.job_claim(job.id, "w2")
+
+    assert first is not None and first.attempt == 1
+    assert second is None
+    job.refresh_from_db()
+    assert (job.status, job.worker_host, job.attempts) == (Status.RUNNING, "w1", 1)
+    assert job.lease_expires_at > timezone.now()
+
+
+def test_it_records_stages_and_renews_the_lease(alice) -> None:
+    job = queued_job_without_message(alice)
+    claim = jobs.job_claim(job.id, "w1")
+    expire_lease(job)
+
+    assert jobs.job_advance_stage(claim, "detect")
+
+    job.refresh_from_db()
+    assert job.stage == "detect"
+    assert job.lease_expires_at > timezone.now()
+
+
+def test_it_refuses_an_unknown_stage(alice) -> None:
+    claim = jobs.job_claim(queued_job_without_message(alice).id, "w1")
+
+    with pytest.raises(ValueError):
+        jobs.job_advance_stage(claim, "dream")
+
+
+def test_it_refuses_to_complete_a_canceled_job(alice) -> None:
+    job = queued_job_without_message(alice)
+    claim = jobs.job_claim(job.id, "w1")
+    jobs.job_cancel(job.id, alice)
+
+    assert not jobs.job_advance_stage(claim, "detect")
+    assert not jobs.job_complete(claim, READING)
+    assert not jobs.job_fail(claim, "x", "y")
+    assert Job.objects.get(id=job.id).status == Status.CANCELED
+
+
+def test_a_stale_claim_writes_nothing_after_the_job_was_taken_back(alice) -> None:
+    job = queued_job_without_message(alice)
+    stale = jobs.job_claim(job.id, "slow-worker")
+    expire_lease(job)
+    assert jobs.job_requeue(job.id)
+    fresh = jobs.job_claim(job.id, "other-worker")
+
+    assert not jobs.job_complete(stale, READING)
+    assert jobs.job_complete(fresh, READING)
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.worker_host) == (Status.SUCCEEDED, 2, "other-worker")
+
+
+def test_it_refuses_to_cancel_a_finished_job(alice) -> None:
+    job = queued_job_without_message(alice)
+    jobs.job_complete(jobs.job_claim(job.id, "w"), READING)
+
+    with pytest.raises(jobs.NotCancelable):
+        jobs.job_cancel(job.id, alice)
+
+
+def test_it_does_not_requeue_a_running_job_whose_lease_holds(alice) -> None:
+    job = queued_job_without_message(alice)
+    jobs.job_claim(job.id, "w")
+
+    assert not jobs.job_requeue(job.id)
+    assert jobs.sweep().requeued == 0
+
+
+def test_the_sweeper_gives_up_after_the_last_attempt(alice, settings) -> None:
+    settings.SNAPREAD_MAX_ATTEMPTS = 2
+    job = queued_job_without_message(alice)
+    for _ in range(2):
+        jobs.job_claim(job.id, "dies")
+        expire_lease(job)
+        report = jobs.sweep()
+
+    job.refresh_from_db()
+    assert (report.requeued, report.failed) == (0, 1)
+    assert (job.status, job.error_code) == (Status.FAILED, "too_many_attempts")
+
+
+def test_the_sweeper_resends_only_jobs_queued_too_long(alice, settings, monkeypatch) -> None:
+    monkeypatch.setattr(jobs, "_messages_waiting", lambda: 0)
+    settings.SNAPREAD_RESEND_AFTER_SECONDS = 60
+    old = queued_job_without_message(alice, enqueued_at=timezone.now() - timedelta(minutes=5))
+    queued_job_without_message(alice)
+
+    assert jobs.sweep().resent == 1
+    old.refresh_from_db()
+    assert old.enqueued_at > timezone.now() - timedelta(minutes=1)
+    assert jobs.sweep().resent == 0
+
+
+def test_the_database_allows_one_set_of_regions_per_job(alice) -> None:
+    job = queued_job_without_message(alice)
+    box = {"x0": 0, "y0": 0, "x1": 1, "y1": 1, "label": "n", "score": 1, "confidence": 1}
+    Region.objects.create(job=job, index=0, **box)
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Region.objects.create(job=job, index=0, **box)
+
+
+def test_the_database_refuses_a_failed_job_without_an_error_code(alice) -> None:
+    job = queued_job_without_message(alice)
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Job.objects.filter(id=job.id).update(status=Status.FAILED)
+
+
+def test_the_sweeper_does_not_resend_while_every_queued_job_has_a_message_waiting(
+    alice, settings, monkeypatch
+) -> None:
+    monkeypatch.setattr(jobs, "_messages_waiting", lambda: 2)
+    for _ in range(2):
+        queued_job_without_message(alice, enqueued_at=timezone.now() - timedelta(minutes=5))
+
+    assert jobs.sweep().resent == 0
+
+
+def test_the_sweeper_resends_as_many_jobs_as_messages_are_missing(
+    alice, settings, monkeypatch
+) -> None:
+    monkeypatch.setattr(jobs, "_messages_waiting", lambda: 1)
+    old = timezone.now() - timedelta(minutes=5)
+    oldest = queued_job_without_message(alice, enqueued_at=old - timedelta(minutes=1))
+    queued_job_without_message(alice, enqueued_at=old)
+    queued_job_without_message(alice, enqueued_at=old)
+
+    assert jobs.sweep().resent == 2
+    oldest.refresh_from_db()
+    assert oldest.enqueued_at > old
