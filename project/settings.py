@@ -208,6 +208,15 @@ SNAPREAD_PACK = env_str("SNAPREAD_PACK", str(BASE_DIR / "models" / "reference"))
 SNAPREAD_DEVICE = env_str("SNAPREAD_DEVICE", "auto")
 if SNAPREAD_DEVICE not in ("auto", "cpu", "cuda"):
     raise ImproperlyConfigured(f"SNAPREAD_DEVICE={SNAPREAD_DEVICE!r}: use auto, cpu or cuda.")
+# Dynamic batching in each worker process (workers/batching.py): up to BATCH_SIZE images
+# per batch, waiting at most BATCH_WAIT_MS after the first. Run the worker with the
+# threads pool and at least 3 x BATCH_SIZE threads (one batch collecting, one on the
+# accelerator, one in crop/OCR), as the Procfile does.
+SNAPREAD_BATCH_SIZE = env_int("SNAPREAD_BATCH_SIZE", 8)
+SNAPREAD_BATCH_WAIT_MS = env_int("SNAPREAD_BATCH_WAIT_MS", 5)
+SNAPREAD_WARM_UP = env_bool("SNAPREAD_WARM_UP", True)
+if SNAPREAD_BATCH_SIZE < 1 or SNAPREAD_BATCH_WAIT_MS < 0:
+    raise ImproperlyConfigured("SNAPREAD_BATCH_SIZE must be >= 1 and SNAPREAD_BATCH_WAIT_MS >= 0.")
 
 # Delivery: the row is the truth, the broker a hint. A running job holds a lease that
 # each stage renews; the sweeper takes back jobs whose lease ran out and re-sends jobs

@@ -9,15 +9,19 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-from celery.signals import worker_process_init
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init, worker_ready
 from django.conf import settings
 from django.core.files.storage import default_storage
 from PIL import Image, ImageDraw
 
 from detection.jobs import Claim, Reading, RegionReading
+from workers.batching import Batcher
 
 log = logging.getLogger(__name__)
 
@@ -59,41 +63,88 @@ def load_chain() -> Any:
     return load_pipeline(settings.SNAPREAD_PACK, device)
 
 
-_chain: Any = None
+_batcher: Batcher | None = None
 _chain_lock = threading.Lock()
 
 
-def chain() -> Any:
-    global _chain
+def batcher() -> Batcher:
+    """This process's chain behind its batcher, loaded (and warmed up) on first use."""
+    global _batcher
     with _chain_lock:
-        if _chain is None:
+        if _batcher is None:
             try:
-                _chain = load_chain()
+                loaded = load_chain()
             except Exception as exc:
                 raise PackUnavailable(
                     f"Could not load the model pack at {settings.SNAPREAD_PACK}: {exc}"
                 ) from exc
-            log.info("reading chain loaded: %s %s", _chain.pack.name, _chain.pack.version)
-        return _chain
+            _batcher = Batcher(
+                loaded,
+                max_batch=settings.SNAPREAD_BATCH_SIZE,
+                max_wait_ms=settings.SNAPREAD_BATCH_WAIT_MS,
+            )
+            if settings.SNAPREAD_WARM_UP:
+                _warm_up(_batcher)
+            log.info(
+                "reading chain loaded: %s %s, batches of up to %d",
+                loaded.pack.name,
+                loaded.pack.version,
+                _batcher.max_batch,
+            )
+        return _batcher
 
 
-@worker_process_init.connect
-def _load_in_child(**_: object) -> None:
-    # Load eagerly in each fresh child so the first job does not wait for it; a failure
-    # here is retried by the first job, which then fails with a clear code.
+def chain() -> Any:
+    return batcher().chain
+
+
+def _warm_up(batcher: Batcher) -> None:
+    """One full batch through the chain, so the first jobs do not pay for lazy set-up
+    (allocator, kernels, OCR engines)."""
+    t0 = time.perf_counter()
+    blank = Image.new("RGB", (1200, 1600), (250, 250, 245))
+    batcher.read([blank] * batcher.max_batch)
+    batcher.batch_sizes.clear()
+    log.info("warm-up took %.0f ms", (time.perf_counter() - t0) * 1000)
+
+
+def _load_eagerly() -> None:
+    # A failure here is retried by the first job, which then fails with a clear code.
     try:
-        chain()
+        batcher()
     except PackUnavailable:
         log.exception("reading chain not loaded at worker start")
 
 
+@worker_process_init.connect
+def _load_in_child(**_: object) -> None:
+    # Each prefork child loads its own chain after fork (the parent never touches CUDA).
+    _load_eagerly()
+
+
+@worker_ready.connect
+def _load_in_worker(sender: Any = None, **_: object) -> None:
+    # The threads pool runs tasks in this very process: load before the first task.
+    if not isinstance(getattr(sender, "pool", None), PreforkPool):
+        _load_eagerly()
+
+
 def read(claim: Claim, on_stage: Callable[[str], None]) -> Reading:
-    """Run the chain on the claimed job's stored image; plain values out."""
-    pipeline = chain()
+    """Run the chain on the claimed job's stored image; plain values out.
+
+    Decoding, encoding the crops and drawing the annotated image happen here, on the
+    task's own thread; only the chain itself runs on the batcher's threads.
+    """
+    shared = batcher()
     with default_storage.open(claim.image_name, "rb") as stored:
         image = Image.open(stored)
         image.load()
-    [result] = pipeline.run([image], on_stage=on_stage)
+    ticket = shared.submit(image)
+    try:
+        result = ticket.wait(on_stage, timeout=settings.CELERY_TASK_SOFT_TIME_LIMIT)
+    except TimeoutError as exc:
+        raise SoftTimeLimitExceeded(str(exc)) from exc
+    pipeline = shared.chain
     c = result.classification
     if c.relevant:
         check_reading_size(len(result.regions), [crop.size for crop in result.crops])

@@ -101,13 +101,16 @@ class PostgresCluster:
 
 
 class Worker:
-    """A Celery worker (prefork, `concurrency` children) running the counting fake chain."""
+    """A Celery worker running the counting fake chain: the threads pool with batching,
+    as the Procfile runs it, or prefork (`concurrency` children) where a test kills a child."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, name: str, concurrency: int) -> None:
+    def __init__(
+        self, env: dict[str, str], log_dir: Path, name: str, concurrency: int, pool: str
+    ) -> None:
         self.name = f"{name}@faults"
         self.log_path = log_dir / f"{name}.log"
         command = [sys.executable, "-m", "tests.faults.fault_worker", "-A", "project", "worker"]
-        command += ["-Q", "gpu", "-c", str(concurrency), "-l", "info", "-n", self.name]
+        command += ["-Q", "gpu", "-P", pool, "-c", str(concurrency), "-l", "info", "-n", self.name]
         command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(

@@ -92,8 +92,9 @@ class Stack:
         )
         self.workers: list[Worker] = []
 
-    def start_worker(self, concurrency: int = 2, **env: str) -> Worker:
-        worker = Worker(dict(self.env, **env), self.logs, f"w{len(self.workers) + 1}", concurrency)
+    def start_worker(self, concurrency: int = 8, pool: str = "threads", **env: str) -> Worker:
+        name = f"w{len(self.workers) + 1}"
+        worker = Worker(dict(self.env, **env), self.logs, name, concurrency, pool)
         self.workers.append(worker)
         worker.wait_ready()
         return worker

@@ -25,7 +25,8 @@ BOUND_S = 90.0
 def test_it_finishes_every_job_once_after_a_worker_child_is_killed_mid_chain(
     stack: Stack, record_property
 ) -> None:
-    worker = stack.start_worker()
+    # Prefork, the pool a deployment may choose instead of threads: a child dies alone.
+    worker = stack.start_worker(concurrency=2, pool="prefork")
     ids = stack.submit(JOBS)
     settler = stack.settle_in_background(BOUND_S)
     job_id, pid = stack.wait_for_executions(10)[-1]
@@ -97,7 +98,7 @@ def test_a_message_delivered_twice_at_once_runs_the_chain_once(
     ids = stack.submit(JOBS)
     stack.driver("send-again")
     fault_at = time.time()
-    # Two children take the two copies of a message side by side.
+    # Two threads of one worker take the two copies of a message side by side.
     stack.start_worker()
     settler = stack.settle_in_background(BOUND_S)
 

@@ -152,7 +152,8 @@ class WorkerProcess:
         )
         entry = ["-m", "tests.web.spine_worker"] if kind == "spine" else ["-m", "celery"]
         command = [sys.executable, *entry, "-A", "project", "worker", "-Q", "gpu,default"]
-        command += ["-c", "1", "-E", "-l", "info", "-n", self.name]
+        # The threads pool with batching, as the Procfile runs it.
+        command += ["-P", "threads", "-c", "8", "-E", "-l", "info", "-n", self.name]
         command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(

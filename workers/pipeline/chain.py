@@ -17,7 +17,7 @@ from workers.pipeline.device import choose_device
 from workers.pipeline.images import to_rgb
 from workers.pipeline.ocr import Reader, load_reader
 from workers.pipeline.pack import ModelPack
-from workers.pipeline.results import Box, ImageResult, Region
+from workers.pipeline.results import Box, Classification, Detection, ImageResult, Region
 
 StageCallback = Callable[[str], None]
 
@@ -39,42 +39,60 @@ class Pipeline:
         A stage's time is measured over the whole batch and shared out evenly, so
         ``timings_ms`` of a batch of one is that image's own time.
         """
+        return self.finish(self.detect(images, on_stage), on_stage)
+
+    def detect(self, images: list[Image.Image], on_stage: StageCallback | None = None) -> Detected:
+        """The accelerator's half of the chain: classify, then detect on relevant images.
+
+        A batching worker runs this for one batch while ``finish`` (CPU: crop and OCR)
+        works on the previous one.
+        """
         notify = on_stage or (lambda stage: None)
-        n = len(images)
-        if n == 0:
-            return []
+        n = max(1, len(images))
         timings: dict[str, float] = {}
 
         notify("classify")
         t0 = time.perf_counter()
         rgb = [to_rgb(im) for im in images]
-        verdicts = self.classifier.classify(rgb)
+        verdicts = self.classifier.classify(rgb) if rgb else []
         timings["classify"] = _ms_since(t0) / n
 
         relevant = [i for i, v in enumerate(verdicts) if v.relevant]
         notify("detect")
         t0 = time.perf_counter()
         found = self.detector.detect([rgb[i] for i in relevant]) if relevant else []
-        detections = {i: dets for i, dets in zip(relevant, found, strict=True)}
         timings["detect"] = _ms_since(t0) / n
+        return Detected(rgb, verdicts, dict(zip(relevant, found, strict=True)), timings)
+
+    def finish(
+        self, detected: Detected, on_stage: StageCallback | None = None
+    ) -> list[ImageResult]:
+        """The CPU half: crop the detected boxes and read them; results in input order."""
+        notify = on_stage or (lambda stage: None)
+        rgb, detections = detected.images, detected.detections
+        n = max(1, len(rgb))
+        timings = dict(detected.timings_ms)
 
         notify("crop")
         t0 = time.perf_counter()
-        crops = {i: self.cropper.crop(rgb[i], [d.box for d in detections[i]]) for i in relevant}
+        crops = {
+            i: self.cropper.crop(rgb[i], [d.box for d in dets]) for i, dets in detections.items()
+        }
         timings["crop"] = _ms_since(t0) / n
 
         notify("ocr")
         t0 = time.perf_counter()
-        flat = [c for i in relevant for c in crops[i]]
+        flat = [c for i in detections for c in crops[i]]
         readings = iter(self.reader.read(flat))
         timings["ocr"] = _ms_since(t0) / n
 
+        texts = {i: [next(readings) for _ in dets] for i, dets in detections.items()}
         results = []
-        for i, verdict in enumerate(verdicts):
+        for i, verdict in enumerate(detected.verdicts):
             dets, cuts = detections.get(i, []), crops.get(i, [])
             regions = [
                 Region(d.box, d.label, d.score, r.text, r.confidence)
-                for d, r in zip(dets, (next(readings) for _ in dets), strict=True)
+                for d, r in zip(dets, texts.get(i, []), strict=True)
             ]
             order = reading_order([r.box for r in regions])
             results.append(
@@ -88,6 +106,16 @@ class Pipeline:
                 )
             )
         return results
+
+
+@dataclass
+class Detected:
+    """A batch between the two halves of the chain."""
+
+    images: list[Image.Image]
+    verdicts: list[Classification]
+    detections: dict[int, list[Detection]]
+    timings_ms: dict[str, float]
 
 
 def reading_order(boxes: list[Box]) -> list[int]:
