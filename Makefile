@@ -8,7 +8,7 @@ REQUIREMENTS_HASH := $(shell cat requirements/*.txt | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQUIREMENTS_HASH)
 APT_PACKAGES := $(shell grep -vE '^\s*(\#|$$)' requirements/apt.txt)
 
-.PHONY: install run test lint system-packages
+.PHONY: install run test lint bench system-packages
 
 install: $(STAMP) system-packages
 
@@ -39,6 +39,11 @@ test: install
 	@status=0; $(PYTHON) -m pytest $(PYTEST_ARGS) || status=$$?; \
 	if [ -n "$(PYTEST_STATUS_FILE)" ]; then echo $$status > "$(PYTEST_STATUS_FILE)"; fi; \
 	exit $$status
+
+# The service against its own ceiling and the naive design: bench/results/latest.json,
+# and a row in docs/benchmarks.md. BENCH_ARGS passes options (python -m bench.e2e -h).
+bench: install
+	$(PYTHON) -m bench.e2e $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -7,6 +7,7 @@ only after fork: the parent never touches CUDA, which a forked child could not u
 from __future__ import annotations
 
 import io
+import json
 import logging
 import threading
 import time
@@ -15,7 +16,12 @@ from typing import Any
 
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import (
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 from django.conf import settings
 from django.core.files.storage import default_storage
 from PIL import Image, ImageDraw
@@ -127,6 +133,14 @@ def _load_in_worker(sender: Any = None, **_: object) -> None:
     # The threads pool runs tasks in this very process: load before the first task.
     if not isinstance(getattr(sender, "pool", None), PreforkPool):
         _load_eagerly()
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _log_batch_sizes(**_: object) -> None:
+    if _batcher is not None:
+        sizes = json.dumps(dict(sorted(_batcher.batch_sizes.items())))
+        log.info("batch sizes seen: %s", sizes)
 
 
 def read(claim: Claim, on_stage: Callable[[str], None]) -> Reading:

@@ -10,6 +10,7 @@ from django.db import OperationalError
 from detection import jobs
 from detection.models import Job, Status
 from workers import worker_chain
+from workers.batching import Batcher
 from workers.tasks import read_job
 
 from .conftest import queued_job_without_message
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def fake_chain(monkeypatch) -> None:
-    monkeypatch.setattr(worker_chain, "_chain", FakeReadingChain())
+    monkeypatch.setattr(worker_chain, "_batcher", Batcher(FakeReadingChain()))
 
 
 def test_it_fails_a_reading_with_more_regions_than_the_store_takes(alice, settings) -> None:

@@ -1,0 +1,404 @@
+"""``make bench`` (``python -m bench.e2e``): the service against its own ceiling.
+
+On one machine, with the same N rendered 1200x1600 page photos, in one run:
+
+- **raw**: the reference pack read directly in this process, batched as well as it can
+  be (plain batches of B, and the batcher with its two halves overlapped; the faster
+  counts): images/s, the ceiling;
+- **e2e**: the photos through the whole service: REST upload -> PostgreSQL -> Celery ->
+  the worker as the Procfile runs it (threads pool, dynamic batching) -> PostgreSQL ->
+  the client sees the result on the job's WebSocket; first upload to last result;
+- **naive**: the design this replaces, in the same stack: one image per task in a
+  prefork child, Tesseract started as a process per crop (pytesseract);
+- **added latency** at low load: one job at a time, end-to-end time minus the chain's
+  own compute (the job's stage timings), p50 and p95.
+
+The stack is real and isolated: its own PostgreSQL database and Redis database, daphne
+serving the ASGI app as the Procfile does, a Celery worker. It writes
+``bench/results/latest.json`` and appends a row to ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+import requests
+from websockets.sync.client import connect
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "latest.json"
+DOC = REPO / "docs" / "benchmarks.md"
+TERMINAL = {"succeeded", "rejected", "failed", "canceled"}
+NAIVE_OCR = {
+    "backend": "pytesseract",
+    "languages": "eng",
+    "psm": 7,
+    "allow": "0123456789.*",
+    "pattern": r"\d+(?:\.\d+)*",
+    "timeout_ms": 5000,
+    "threads": 1,
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__)
+    p.add_argument("--images", type=int, default=40, help="N photos for raw, e2e and naive")
+    p.add_argument("--latency-jobs", type=int, default=20, help="jobs for the latency run")
+    p.add_argument("--batch", type=int, default=8, help="B: the worker's batch size")
+    p.add_argument("--wait-ms", type=int, default=5, help="T: the worker's batch window")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (raw and both workers)")
+    p.add_argument("--database", default="postgres://postgres@127.0.0.1:5432/snapread_bench")
+    p.add_argument("--redis", default="redis://127.0.0.1:6379/9")
+    p.add_argument("--no-doc", action="store_true", help="do not append to docs/benchmarks.md")
+    args = p.parse_args()
+
+    photos = render_photos(args.images)
+    raw = measure_raw(photos, args.batch, args.device)
+    with Stack(args) as stack:
+        stack.start_worker("e2e")
+        e2e = stack.throughput(photos)
+        latency = stack.added_latency(photos[: args.latency_jobs])
+        e2e_batches = stack.stop_worker()
+        stack.start_worker("naive")
+        naive = stack.throughput(photos)
+        stack.stop_worker()
+
+    report = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": raw["device"],
+        "cpu_cores": os.cpu_count(),
+        "torch": raw["torch"],
+        "images": len(photos),
+        "batch_size": args.batch,
+        "batch_wait_ms": args.wait_ms,
+        "raw_images_per_s": raw["images_per_s"],
+        "raw_detail": raw,
+        "e2e_images_per_s": e2e["images_per_s"],
+        "e2e_detail": e2e,
+        "naive_images_per_s": naive["images_per_s"],
+        "naive_detail": naive,
+        "e2e_over_raw": e2e["images_per_s"] / raw["images_per_s"],
+        "e2e_over_naive": e2e["images_per_s"] / naive["images_per_s"],
+        "added_latency_p50_ms": latency["added_p50_ms"],
+        "added_latency_p95_ms": latency["added_p95_ms"],
+        "latency_detail": latency,
+        "batch_sizes_seen": e2e_batches,
+        "gpu_utilisation": None,  # measured on CUDA devices only (nvidia-smi)
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if not k.endswith("_detail")}, indent=2))
+    if not args.no_doc:
+        append_row(report, args)
+
+
+# -- the photos and the ceiling --------------------------------------------------------
+
+
+def render_photos(n: int) -> list[bytes]:
+    from workers.training.synth import fonts, render_page
+
+    fontset = fonts("heldout")
+    photos = []
+    for k in range(n):
+        page = render_page(96_000_000 + k, fontset).image.convert("RGB").resize((1200, 1600))
+        out = io.BytesIO()
+        page.save(out, "JPEG", quality=90)
+        photos.append(out.getvalue())
+    return photos
+
+
+def measure_raw(photos: list[bytes], batch: int, device: str) -> dict[str, Any]:
+    """The chain alone in this process, decode included; it runs in a child process so
+    that its threads and memory are gone before the stack starts."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, data in enumerate(photos):
+            Path(tmp, f"{k:04d}.jpg").write_bytes(data)
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.raw", tmp, "--batch", str(batch), "--device", device],
+            cwd=REPO, check=True, capture_output=True, text=True,
+        )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- the stack -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="snapread-bench-"))
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = dict(
+            os.environ,
+            DJANGO_SETTINGS_MODULE="project.settings",
+            DEBUG="0",
+            SECRET_KEY="bench-only-" + os.urandom(8).hex(),
+            SNAPREAD_HTTPS="0",
+            ALLOWED_HOSTS="127.0.0.1,localhost",
+            DATABASE_URL=args.database,
+            REDIS_URL=args.redis,
+            MEDIA_ROOT=str(self.tmp / "media"),
+            STATIC_ROOT=str(self.tmp / "static"),
+            SNAPREAD_SUBMIT_RATE="1000000/min",
+            SNAPREAD_MAX_UNFINISHED_JOBS="100000",
+            SNAPREAD_DEVICE=args.device,
+            CELERY_BEAT_SCHEDULE_FILENAME=str(self.tmp / "beat"),
+        )
+        self.web: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.worker_log: Path | None = None
+        self.token = ""
+
+    def __enter__(self) -> Stack:
+        self._fresh_database()
+        redis.Redis.from_url(self.args.redis).flushdb()
+        self._manage("migrate", "--noinput")
+        out = self._manage("create_api_token", "bench")
+        self.token = out.strip().splitlines()[-1]
+        log = (self.tmp / "web.log").open("ab")
+        self.web = subprocess.Popen(
+            ["daphne", "-b", "127.0.0.1", "-p", str(self.port), "project.asgi:application"],
+            cwd=REPO, env=self._path_env(), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.base + "/healthz", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("the web process did not answer /healthz")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_worker()
+        if self.web and self.web.poll() is None:
+            os.killpg(self.web.pid, signal.SIGTERM)
+            self.web.wait(20)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _path_env(self) -> dict[str, str]:
+        bindir = str(Path(sys.executable).parent)
+        return dict(self.env, PATH=bindir + os.pathsep + self.env.get("PATH", ""))
+
+    def _manage(self, *argv: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "manage.py", *argv], cwd=REPO, env=self.env, check=True,
+            capture_output=True, text=True,
+        )  # fmt: skip
+        return out.stdout
+
+    def _fresh_database(self) -> None:
+        url = self.args.database
+        name = url.rsplit("/", 1)[1]
+        admin = url.rsplit("/", 1)[0] + "/postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+    # -- workers ---------------------------------------------------------------------
+
+    def start_worker(self, kind: str) -> None:
+        name = f"bench-{kind}@{socket.gethostname()}"
+        env = self._path_env()
+        if kind == "e2e":
+            # As the Procfile runs it: threads pool, dynamic batching.
+            pool = ["-P", "threads", "-c", str(3 * self.args.batch)]
+            env.update(
+                SNAPREAD_BATCH_SIZE=str(self.args.batch),
+                SNAPREAD_BATCH_WAIT_MS=str(self.args.wait_ms),
+            )
+        else:
+            # One image per task in one prefork child, Tesseract as a process per crop.
+            pool = ["-P", "prefork", "-c", "1"]
+            env.update(SNAPREAD_PACK=str(self._naive_pack()), SNAPREAD_BATCH_SIZE="1")
+        self.worker_log = self.tmp / f"{kind}-worker.log"
+        log = self.worker_log.open("ab")
+        self.worker = subprocess.Popen(
+            ["celery", "-A", "project", "worker", "-Q", "gpu,default", *pool, "-l", "info",
+             "-n", name, "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            text = self.worker_log.read_text(errors="replace")
+            if " ready." in text and "reading chain loaded" in text:
+                return
+            if self.worker.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"the {kind} worker did not start:\n{text[-3000:]}")
+
+    def stop_worker(self) -> dict[str, int]:
+        """Stop the worker; the batch sizes it logged at shutdown."""
+        if not self.worker:
+            return {}
+        if self.worker.poll() is None:
+            os.killpg(self.worker.pid, signal.SIGTERM)
+            try:
+                self.worker.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.worker.pid, signal.SIGKILL)
+                self.worker.wait(10)
+        self.worker = None
+        text = self.worker_log.read_text(errors="replace") if self.worker_log else ""
+        found = re.findall(r"batch sizes seen: (\{.*?\})", text)
+        return {str(k): v for k, v in json.loads(found[-1]).items()} if found else {}
+
+    def _naive_pack(self) -> Path:
+        from workers.pipeline.pack import DEFAULT_PACK_DIR
+
+        pack = self.tmp / "naive-pack"
+        if not pack.exists():
+            shutil.copytree(DEFAULT_PACK_DIR, pack)
+            manifest = json.loads((pack / "manifest.json").read_text())
+            manifest["ocr"] = NAIVE_OCR
+            (pack / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        return pack
+
+    # -- the client ------------------------------------------------------------------
+
+    def submit(self, session: requests.Session, photo: bytes) -> str:
+        r = session.post(
+            self.base + "/api/v1/jobs/",
+            files={"image": ("page.jpg", photo, "image/jpeg")},
+            headers={"Authorization": f"Token {self.token}"},
+            timeout=60,
+        )
+        if r.status_code != 201:
+            raise RuntimeError(f"upload answered {r.status_code}: {r.text[:300]}")
+        return str(r.json()["id"])
+
+    def watch(self, job_id: str, timeout: float = 600) -> tuple[float, dict[str, Any]]:
+        """Wait on the job's WebSocket for a terminal state: (when it was seen, the job)."""
+        url = f"ws://127.0.0.1:{self.port}/ws/jobs/{job_id}/?token={self.token}"
+        with connect(url, origin=self.base, open_timeout=30) as ws:
+            deadline = time.monotonic() + timeout
+            while True:
+                message = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+                job = message.get("job", message)
+                if job.get("status") in TERMINAL:
+                    return time.perf_counter(), job
+
+    def fetch(self, session: requests.Session, job_id: str) -> dict[str, Any]:
+        r = session.get(
+            f"{self.base}/api/v1/jobs/{job_id}/",
+            headers={"Authorization": f"Token {self.token}"},
+            timeout=30,
+        )
+        r.raise_for_status()
+        return dict(r.json())
+
+    def throughput(self, photos: list[bytes]) -> dict[str, Any]:
+        """All photos uploaded by 8 concurrent clients, each job watched on its socket."""
+        if not photos:
+            return {}
+        seen: list[float] = []
+        statuses: list[str] = []
+        lock = threading.Lock()
+        local = threading.local()
+
+        def one(photo: bytes) -> None:
+            session = getattr(local, "session", None) or requests.Session()
+            local.session = session
+            job_id = self.submit(session, photo)
+            watcher = threading.Thread(target=lambda: record(job_id))
+            watcher.start()
+            watchers.append(watcher)
+
+        def record(job_id: str) -> None:
+            at, job = self.watch(job_id)
+            with lock:
+                seen.append(at)
+                statuses.append(job["status"])
+
+        watchers: list[threading.Thread] = []
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, photos))
+        uploaded = time.perf_counter()
+        for watcher in watchers:
+            watcher.join()
+        elapsed = max(seen) - t0
+        return {
+            "images_per_s": len(photos) / elapsed,
+            "seconds": elapsed,
+            "upload_seconds": uploaded - t0,
+            "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
+        }
+
+    def added_latency(self, photos: list[bytes]) -> dict[str, Any]:
+        """One job at a time: upload to result seen, minus the chain's own stage times."""
+        session = requests.Session()
+        totals, computes, added = [], [], []
+        for photo in photos:
+            t0 = time.perf_counter()
+            job_id = self.submit(session, photo)
+            # The socket sends the job's current state on connect, then every change.
+            seen_at, _ = self.watch(job_id)
+            total_ms = (seen_at - t0) * 1000
+            job = self.fetch(session, job_id)
+            compute_ms = sum((job.get("timings_ms") or {}).values())
+            totals.append(total_ms)
+            computes.append(compute_ms)
+            added.append(total_ms - compute_ms)
+        q = statistics.quantiles(added, n=20, method="inclusive")
+        return {
+            "jobs": len(photos),
+            "e2e_p50_ms": statistics.median(totals),
+            "compute_p50_ms": statistics.median(computes),
+            "added_p50_ms": statistics.median(added),
+            "added_p95_ms": q[18],
+        }
+
+
+# -- the record ------------------------------------------------------------------------
+
+
+def append_row(report: dict[str, Any], args: argparse.Namespace) -> None:
+    row = (
+        f"| {report['when'][:10]} | {report['device']} ({report['cpu_cores']} cores) "
+        f"| {report['images']} | B={report['batch_size']}, T={report['batch_wait_ms']} ms "
+        f"| {report['raw_images_per_s']:.2f} | {report['e2e_images_per_s']:.2f} "
+        f"| {report['naive_images_per_s']:.2f} | {report['e2e_over_raw']:.2f} "
+        f"| {report['e2e_over_naive']:.1f} | {report['added_latency_p50_ms']:.0f} / "
+        f"{report['added_latency_p95_ms']:.0f} ms |\n"
+    )
+    text = DOC.read_text()
+    marker = "<!-- make bench appends rows above this line -->"
+    if marker not in text:
+        raise SystemExit(f"{DOC} has no '{marker}' line; the row was not recorded:\n{row}")
+    DOC.write_text(text.replace(marker, row.rstrip("\n") + "\n" + marker))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""``python -m bench.raw DIR``: the ceiling for ``bench.e2e``: the reference pack on the
+JPEG photos in DIR, directly in this process, decode included, batched as well as it
+can be. Prints one JSON object: images/s of plain batches of B, of the batcher (the
+accelerator half of one batch overlapped with the CPU half of the previous), and the
+better of the two as ``images_per_s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from workers.batching import Batcher
+from workers.pipeline import load_pipeline
+
+
+def decode(path: Path) -> Image.Image:
+    image = Image.open(path)
+    image.load()
+    return image
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.raw", description=__doc__)
+    p.add_argument("photos", type=Path)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--pack")
+    args = p.parse_args()
+
+    paths = sorted(args.photos.glob("*.jpg"))
+    pipeline = load_pipeline(args.pack, args.device)
+    pipeline.run([decode(paths[0])] * min(args.batch, len(paths)))  # warm-up
+
+    t0 = time.perf_counter()
+    for k in range(0, len(paths), args.batch):
+        pipeline.run([decode(path) for path in paths[k : k + args.batch]])
+    plain = len(paths) / (time.perf_counter() - t0)
+
+    batcher = Batcher(pipeline, max_batch=args.batch, max_wait_ms=5)
+    batcher.read([decode(paths[0])])  # its threads started
+    t0 = time.perf_counter()
+    batcher.read([decode(path) for path in paths])
+    overlapped = len(paths) / (time.perf_counter() - t0)
+
+    device = str(pipeline.device)
+    if pipeline.device.type == "cuda":
+        device = torch.cuda.get_device_name(pipeline.device)
+    print(
+        json.dumps(
+            {
+                "images": len(paths),
+                "batch": args.batch,
+                "device": device,
+                "torch": torch.__version__,
+                "plain_batches_images_per_s": plain,
+                "batcher_images_per_s": overlapped,
+                "images_per_s": max(plain, overlapped),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
