@@ -38,6 +38,7 @@ def test_it_serves_the_crops_and_annotated_image_to_the_owner(spine_worker, alic
     job_id = submit(alice_api)
     wait_for_job(job_id)
     body = alice_api.get(f"/api/v1/jobs/{job_id}/").json()
+    assert body["status"] == "succeeded", body
 
     for url in [body["annotated_url"], body["image_url"]] + [
         r["crop_url"] for r in body["regions"]
