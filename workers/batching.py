@@ -89,6 +89,7 @@ class Batcher:
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
         self.batch_sizes: Counter[int] = Counter()
         self._split = hasattr(chain, "detect") and hasattr(chain, "finish")
+        self._prepare = getattr(chain, "prepare", None) if self._split else None
         self._inbox: queue.SimpleQueue[Ticket] = queue.SimpleQueue()
         # At most one detected batch waits for the CPU half: when OCR falls behind, the
         # accelerator waits too instead of piling up batches in memory.
@@ -97,7 +98,11 @@ class Batcher:
         self._lock = threading.Lock()
 
     def submit(self, image: Any) -> Ticket:
+        """Queue one image; the chain's `prepare` (if it has one) runs here, on the
+        caller's thread, off the accelerator's."""
         self._start()
+        if self._prepare is not None:
+            image = self._prepare(image)
         ticket = Ticket(image)
         self._inbox.put(ticket)
         return ticket

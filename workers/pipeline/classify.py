@@ -86,16 +86,34 @@ class TorchClassifier:
         batch = (np.stack(arrays) / 255.0 - MEAN) / STD
         return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
 
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """One image's input, made ahead (off the accelerator's thread)."""
+        tensor = self.preprocess([image])[0]
+        return tensor.pin_memory() if self.device.type == "cuda" else tensor
+
     @torch.inference_mode()
     def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
-        logits = self.model(self.preprocess(images).to(self.device))
+        return self._probabilities(self.preprocess(images))
+
+    @torch.inference_mode()
+    def _probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        logits = self.model(batch.to(self.device, non_blocking=True))
         return torch.softmax(logits.float(), dim=1).cpu()
 
     def classify(self, images: list[Image.Image]) -> list[Classification]:
         if not images:
             return []
+        return self._verdicts(self.probabilities(images))
+
+    def classify_prepared(self, inputs: list[torch.Tensor]) -> list[Classification]:
+        """`classify` on inputs made by `prepare`."""
+        if not inputs:
+            return []
+        return self._verdicts(self._probabilities(torch.stack(inputs)))
+
+    def _verdicts(self, probabilities: torch.Tensor) -> list[Classification]:
         out = []
-        for probs in self.probabilities(images):
+        for probs in probabilities:
             p_relevant = float(probs[self.relevant_idx].sum())
             relevant = p_relevant >= self.threshold
             pool = [

@@ -87,22 +87,39 @@ class TorchvisionDetector:
             scales.append(scale)
         return tensors, scales
 
-    @torch.inference_mode()
+    def prepare(self, image: Image.Image) -> tuple[torch.Tensor, float]:
+        """One image's input and scale, made ahead (off the accelerator's thread)."""
+        [tensor], [scale] = self.preprocess([image])
+        return (tensor.pin_memory() if self.device.type == "cuda" else tensor), scale
+
     def detect(self, images: list[Image.Image]) -> list[list[Detection]]:
         if not images:
             return []
         tensors, scales = self.preprocess(images)
+        return self._detect(tensors, scales, [im.size for im in images])
+
+    def detect_prepared(
+        self, inputs: list[tuple[torch.Tensor, float]], sizes: list[tuple[int, int]]
+    ) -> list[list[Detection]]:
+        """`detect` on inputs made by `prepare`; `sizes` are the images' own (w, h)."""
+        if not inputs:
+            return []
+        return self._detect([t for t, _ in inputs], [s for _, s in inputs], sizes)
+
+    @torch.inference_mode()
+    def _detect(
+        self, tensors: list[torch.Tensor], scales: list[float], sizes: list[tuple[int, int]]
+    ) -> list[list[Detection]]:
         batch = [t.to(self.device, non_blocking=True).float().div_(255.0) for t in tensors]
         outputs = self.model(batch)
         if isinstance(outputs, tuple):  # TorchScript detection models return (losses, dets)
             outputs = outputs[1]
         results = []
-        for out, scale, im in zip(outputs, scales, images, strict=True):
+        for out, scale, (w, h) in zip(outputs, scales, sizes, strict=True):
             keep = out["scores"] >= self.score_threshold
             boxes = (out["boxes"][keep].float().cpu() / scale).tolist()
             scores = out["scores"][keep].float().cpu().tolist()
             labels = out["labels"][keep].cpu().tolist()
-            w, h = im.size
             dets = [
                 Detection(
                     box=(
