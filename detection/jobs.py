@@ -24,8 +24,11 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
+from django.db.models.fields.files import FieldFile
 from django.utils import timezone
+from PIL import Image
 
+from detection.annotate import annotate
 from detection.models import UNFINISHED, Job, Region, Stage, Status
 from detection.selectors import job_by_idempotency_key, job_group, job_payload
 from detection.uploads import NormalizedImage
@@ -86,7 +89,6 @@ class Reading:
     pack_version: str
     timings_ms: dict[str, float] = field(default_factory=dict)
     regions: list[RegionReading] = field(default_factory=list)
-    annotated_jpeg: bytes | None = None
 
 
 @dataclass
@@ -204,7 +206,7 @@ def job_renew_lease(claim: Claim) -> bool:
 
 
 def job_complete(claim: Claim, reading: Reading) -> bool:
-    """Write every region, crop and the annotated image at once; False if not ours."""
+    """Write every region and crop at once; False if not ours."""
     with transaction.atomic():
         job = (
             Job.objects.select_for_update()
@@ -229,12 +231,6 @@ def job_complete(claim: Claim, reading: Reading) -> bool:
                         score=r.score, crop=crop, text=r.text, confidence=r.confidence,
                     )
                 )  # fmt: skip
-            if reading.annotated_jpeg is not None:
-                job.annotated_image = default_storage.save(
-                    f"{job.media_dir}/annotated-{claim.attempt}.jpg",
-                    ContentFile(reading.annotated_jpeg),
-                )
-                written.append(job.annotated_image.name)
             Region.objects.bulk_create(regions)
             _set_reading(job, reading, Status.SUCCEEDED)
             job.save()
@@ -244,6 +240,30 @@ def job_complete(claim: Claim, reading: Reading) -> bool:
             raise
         _after_commit_publish(job)
     return True
+
+
+def job_annotated_image(job: Job) -> FieldFile | None:
+    """The succeeded job's photo with its regions drawn on it, rendered on first request
+    and kept; None for a job that did not succeed. Two first requests at once may both
+    render; one conditional update keeps one file and the other is removed."""
+    if job.annotated_image:
+        return job.annotated_image
+    if job.status != Status.SUCCEEDED:
+        return None
+    boxes = [(r.x0, r.y0, r.x1, r.y1) for r in job.regions.order_by("index")]
+    with default_storage.open(job.image.name, "rb") as stored:
+        image = Image.open(stored)
+        image.load()
+    name = default_storage.save(
+        f"{job.media_dir}/annotated.jpg", ContentFile(annotate(image, boxes))
+    )
+    kept = Job.objects.filter(id=job.id, status=Status.SUCCEEDED, annotated_image="").update(
+        annotated_image=name
+    )
+    if not kept:
+        default_storage.delete(name)
+    job.refresh_from_db(fields=["annotated_image"])
+    return job.annotated_image or None
 
 
 def job_reject(claim: Claim, reading: Reading) -> bool:

@@ -70,7 +70,9 @@ def job_payload(job: Job) -> dict[str, Any]:
         "classification": classification,
         "regions": regions,
         "image_url": reverse("job-image", args=[job_id]),
-        "annotated_url": reverse("job-annotated", args=[job_id]) if job.annotated_image else None,
+        "annotated_url": reverse("job-annotated", args=[job_id])
+        if job.status == Status.SUCCEEDED
+        else None,
         "width": job.image_width,
         "height": job.image_height,
         "sha256": job.image_sha256,

@@ -24,7 +24,7 @@ from celery.signals import (
 )
 from django.conf import settings
 from django.core.files.storage import default_storage
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from detection.jobs import Claim, Reading, RegionReading
 from workers.batching import Batcher
@@ -146,8 +146,10 @@ def _log_batch_sizes(**_: object) -> None:
 def read(claim: Claim, on_stage: Callable[[str], None]) -> Reading:
     """Run the chain on the claimed job's stored image; plain values out.
 
-    Decoding, encoding the crops and drawing the annotated image happen here, on the
-    task's own thread; only the chain itself runs on the batcher's threads.
+    Decoding and encoding the crops happen here, on the task's own thread; only the
+    chain itself runs on the batcher's threads. The annotated image is not drawn here:
+    the web process renders it on its first request (detection.jobs.job_annotated_image),
+    so jobs whose clients never ask for it cost the GPU host nothing.
     """
     shared = batcher()
     with default_storage.open(claim.image_name, "rb") as stored:
@@ -181,32 +183,7 @@ def read(claim: Claim, on_stage: Callable[[str], None]) -> Reading:
         pack_version=str(pipeline.pack.version),
         timings_ms=dict(result.timings_ms),
         regions=regions if c.relevant else [],
-        annotated_jpeg=annotate(image, [r.box for r in regions]) if c.relevant else None,
     )
-
-
-def annotate(image: Image.Image, boxes: list[tuple[float, float, float, float]]) -> bytes:
-    """The input with each region's box and index drawn on it, as JPEG."""
-    canvas = _rgb(image)
-    draw = ImageDraw.Draw(canvas)
-    width = max(2, round(max(canvas.size) / 400))
-    for index, (x0, y0, x1, y1) in enumerate(boxes):
-        draw.rectangle((x0, y0, x1, y1), outline=(230, 40, 90), width=width)
-        label = str(index)
-        tx, ty = x0, max(0.0, y0 - 12 * width)
-        text_box = draw.textbbox((tx, ty), label, font_size=10 * width)
-        draw.rectangle(text_box, fill=(230, 40, 90))
-        draw.text((tx, ty), label, fill=(255, 255, 255), font_size=10 * width)
-    out = io.BytesIO()
-    canvas.save(out, "JPEG", quality=88)
-    return out.getvalue()
-
-
-def _rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGBA":
-        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, image).convert("RGB")
-    return image.convert("RGB")
 
 
 def _png(crop: Any) -> bytes:

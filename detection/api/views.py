@@ -125,7 +125,11 @@ class JobImage(APIView):
 class JobAnnotated(APIView):
     @extend_schema(responses=IMAGE, tags=["files"])
     def get(self, request: Request, job_id: uuid.UUID) -> FileResponse:
-        return _file_response(selectors.job_of(request.user, job_id).annotated_image)
+        # Drawn on first request (the worker does not spend time on it), then kept.
+        field = jobs.job_annotated_image(selectors.job_of(request.user, job_id))
+        if field is None:
+            raise exceptions.NotFound()
+        return _file_response(field)
 
 
 class RegionCrop(APIView):

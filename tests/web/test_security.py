@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
+from django.core.files.storage import default_storage
 from django.db import connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rest_framework.authtoken.models import Token
@@ -28,7 +29,6 @@ REPO = Path(__file__).resolve().parents[2]
 READING = jobs.Reading(
     label="page", score=0.9, relevant=True, pack_name="p", pack_version="1",
     regions=[jobs.RegionReading((0, 0, 8, 8), "n", 0.9, "7", 90.0, image_bytes(size=(8, 8)))],
-    annotated_jpeg=image_bytes(fmt="JPEG"),
 )  # fmt: skip
 
 
@@ -51,8 +51,10 @@ def test_it_serves_the_crops_and_annotated_image_of_a_finished_job_only_to_its_o
 
 
 @pytest.mark.django_db
-def test_stored_files_have_no_public_url(alice, client) -> None:
+def test_stored_files_have_no_public_url(alice, alice_api, client) -> None:
     job = finished_job(alice)
+    assert alice_api.get(f"/api/v1/jobs/{job.id}/annotated/").status_code == 200  # drawn now
+    job.refresh_from_db()
 
     for name in (job.image.name, job.annotated_image.name, job.regions.get().crop.name):
         assert client.get(f"/media-not-served/{name}").status_code == 404
@@ -156,3 +158,29 @@ def test_production_settings_refuse_to_start_without_a_secret_key(tmp_path: Path
 
     assert done.returncode != 0
     assert "SECRET_KEY" in done.stderr
+
+
+@pytest.mark.django_db
+def test_the_annotated_image_is_drawn_once_on_first_request_and_only_for_succeeded_jobs(
+    alice, alice_api
+) -> None:
+    job = finished_job(alice)
+    assert not job.annotated_image  # the worker did not draw it
+    url = f"/api/v1/jobs/{job.id}/annotated/"
+
+    first = alice_api.get(url)
+    job.refresh_from_db()
+    name = job.annotated_image.name
+    second = alice_api.get(url)
+
+    assert first.status_code == second.status_code == 200
+    assert first["Content-Type"] == "image/jpeg"
+    assert b"".join(first.streaming_content) == b"".join(second.streaming_content)
+    job.refresh_from_db()
+    assert job.annotated_image.name == name
+    assert [n for n in default_storage.listdir(job.media_dir)[1] if "annotated" in n] == [
+        name.rsplit("/", 1)[1]
+    ]
+    queued = queued_job_without_message(alice)
+    assert alice_api.get(f"/api/v1/jobs/{queued.id}/annotated/").status_code == 404
+    assert alice_api.get(f"/api/v1/jobs/{queued.id}/").json()["annotated_url"] is None
