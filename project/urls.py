@@ -8,6 +8,7 @@ from detection import health, views
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("jobs/<uuid:job_id>/thumbnail/", views.job_thumbnail, name="job-thumbnail"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("detection.api.urls")),
