@@ -6,7 +6,7 @@ PYTHON := $(VENV)/bin/python
 # .ci/run computes the same name for its cached virtualenv.
 REQUIREMENTS_HASH := $(shell cat requirements/*.txt | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQUIREMENTS_HASH)
-APT_PACKAGES := $(shell grep -vE '^\s*(\#|$$)' requirements/apt.txt)
+APT_PACKAGES := $(shell grep -hvE '^\s*(\#|$$)' requirements/apt.txt requirements/apt-dev.txt)
 
 .PHONY: install run test lint bench system-packages
 
