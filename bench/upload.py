@@ -210,6 +210,7 @@ async def measure(stack: BenchStack, args: argparse.Namespace) -> dict:
         "benchmark": "upload",
         "command": " ".join(
             ["python -m bench.upload", f"--clients {args.clients} --seconds {args.seconds:g}"]
+            + [f"--db-pool {args.db_pool}"]
             + [f"--web-env {item}" for item in args.web_env]
         ),
         "machine": machine_load(),
@@ -219,6 +220,8 @@ async def measure(stack: BenchStack, args: argparse.Namespace) -> dict:
             "distinct": args.photos,
         },
         "limits": LIMITS,
+        "database_pool_max_size": args.db_pool,
+        "web_env": args.web_env,
         "clients": args.clients,
         "phases": reports,
         "upload_over_get": round(uploads["per_s"] / reports["get"]["per_s"], 3),
@@ -252,6 +255,12 @@ def main() -> None:
     p.add_argument("--out", help="also write the report here as JSON")
     p.add_argument("--profile", metavar="DIR", help="sample the web process with py-spy")
     p.add_argument(
+        "--db-pool",
+        type=int,
+        default=20,
+        help="DATABASE_POOL_MAX_SIZE for the web process (0: a connection per request)",
+    )
+    p.add_argument(
         "--web-env",
         action="append",
         default=[],
@@ -260,7 +269,8 @@ def main() -> None:
     )
     args = p.parse_args()
 
-    env = dict(LIMITS, **dict(item.split("=", 1) for item in args.web_env))
+    env = dict(LIMITS, DATABASE_POOL_MAX_SIZE=str(args.db_pool))
+    env.update(item.split("=", 1) for item in args.web_env)
     with BenchStack("upload", env, args.database_url, args.redis_url, args.keep) as stack:
         stack.start_web()
         report = asyncio.run(measure(stack, args))
