@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import re
 import statistics
 import time
 import urllib.error
@@ -122,32 +123,27 @@ def job_rows() -> int:
     return Job.objects.count()
 
 
-def sweeper_queries() -> dict[str, str]:
-    """The SQL of every query the sweeper runs against the job table."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from detection.models import Job, Status
-
-    now = timezone.now()
-    before = now - timedelta(seconds=120)
-    stale = Job.objects.filter(status=Status.QUEUED, enqueued_at__lt=before)
-    expired = Job.objects.filter(status=Status.RUNNING, lease_expires_at__lt=now)
-    queries = {
-        "stale queued jobs (re-send)": stale.order_by("enqueued_at").values_list("id")[:500],
-        "queued jobs (count)": Job.objects.filter(status=Status.QUEUED).values("id"),
-        "expired leases (take back)": expired.values_list("id")[:500],
-    }
-    return {name: _sql(qs) for name, qs in queries.items()}
-
-
-def _sql(queryset: Any) -> str:
+def sweeper_plans() -> tuple[Any, dict[str, str]]:
+    """Run the sweeper once; the plan of every statement it ran on the job table."""
     from django.db import connection
+    from django.test.utils import CaptureQueriesContext
 
-    sql, params = queryset.query.sql_with_params()
-    with connection.cursor() as cursor:
-        return cursor.mogrify(sql, params)
+    from detection import jobs
+
+    with CaptureQueriesContext(connection) as captured:
+        report = jobs.sweep()
+    return report, job_table_plans(captured.captured_queries)
+
+
+def job_table_plans(queries: list[dict[str, str]]) -> dict[str, str]:
+    """EXPLAIN (not run) of every captured statement that reads or writes the job table,
+    one per statement shape (ids and times differ, plans do not)."""
+    plans: dict[str, str] = {}
+    for query in queries:
+        sql = query["sql"]
+        if "detection_job" in sql and sql.lstrip().upper().startswith(("SELECT", "UPDATE")):
+            plans.setdefault(re.sub(r"'[^']*'", "?", sql), explain(sql, analyze=False))
+    return plans
 
 
 def explain(sql: str, analyze: bool = True) -> str:
@@ -263,7 +259,7 @@ def main() -> None:
             "typical owner": latency(stack.url, typical, args.requests),
             "heavy owner": latency(stack.url, heavy, args.requests),
         }
-        plans = {name: explain(sql) for name, sql in sweeper_queries().items()}
+        sweep_report, plans = sweeper_plans()
         report.update(
             command=(
                 f"python -m bench.scale --jobs {args.jobs} --owners {args.owners} "
@@ -286,7 +282,9 @@ def main() -> None:
                 / small["typical owner"]["first_page"]["p50_ms"],
                 2,
             ),
-            sweeper_seq_scans={name: seq_scans_on_jobs(plan) for name, plan in plans.items()},
+            sweep={"resent": sweep_report.resent, "requeued": sweep_report.requeued},
+            sweeper_statements=len(plans),
+            sweeper_seq_scans_on_jobs=sum(len(seq_scans_on_jobs(p)) for p in plans.values()),
             sweeper_plans=plans,
             redis=redis_bytes_per_queued_job(args.messages),
         )

@@ -8,7 +8,6 @@ generate_series), committed once for this module and truncated after it.
 
 from __future__ import annotations
 
-import re
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from bench.scale import explain, seed, seeded_owner, seq_scans_on_jobs
+from bench.scale import job_table_plans, seed, seeded_owner, seq_scans_on_jobs, sweeper_plans
 from detection import jobs
 from detection.models import TERMINAL, Job
 
@@ -96,18 +95,6 @@ def assert_flat(after: float, before: float) -> None:
     assert after < limit, f"p50 {after:.1f} ms with a million rows, {before:.1f} ms before"
 
 
-def job_table_plans(queries: list[dict[str, str]]) -> dict[str, str]:
-    """EXPLAIN (not run) of every captured statement that reads or writes the job table."""
-    plans = {}
-    for query in queries:
-        sql = query["sql"]
-        if "detection_job" in sql and sql.lstrip().upper().startswith(("SELECT", "UPDATE")):
-            # One plan per statement shape: ids and times differ, plans do not.
-            shape = re.sub(r"'[^']*'", "?", sql)
-            plans.setdefault(shape, explain(sql, analyze=False))
-    return plans
-
-
 @pytest.mark.slow
 @pytest.mark.django_db
 def test_it_seeds_a_million_jobs_in_seconds(million: Million) -> None:
@@ -151,22 +138,21 @@ def test_its_api_reads_the_job_table_through_indexes(million: Million, who: str)
 @pytest.mark.slow
 @pytest.mark.django_db
 def test_the_sweeper_reads_the_job_table_through_indexes(million: Million) -> None:
-    with CaptureQueriesContext(connection) as captured:
-        report = jobs.sweep()
+    report, plans = sweeper_plans()
 
     assert report.resent > 0  # the seeded backlog was found (and re-sent) ...
-    plans = job_table_plans(captured.captured_queries)
     assert len(plans) >= 3  # ... by the stale, count and expired queries at least
     for sql, plan in plans.items():
         assert not seq_scans_on_jobs(plan), f"{sql}\n{plan}"
         assert "Index" in plan, f"{sql}\n{plan}"
 
 
-def test_a_queued_job_costs_redis_one_small_message_holding_only_its_id() -> None:
+def test_a_queued_job_costs_redis_one_small_message_holding_only_its_id(workers: Any) -> None:
     import base64
     import json
     import uuid
 
+    workers.stop()  # a worker left by an earlier test would take the messages
     client = redis.Redis.from_url(settings.REDIS_URL)
     purge_queues()
     ids = [str(uuid.uuid4()) for _ in range(1000)]
