@@ -231,6 +231,12 @@ def main() -> None:
     p.add_argument("--heavy-share", type=int, default=10, help="percent of rows of one owner")
     p.add_argument("--requests", type=int, default=200, help="per endpoint and table size")
     p.add_argument("--messages", type=int, default=10_000)
+    p.add_argument(
+        "--db-pool",
+        type=int,
+        default=20,
+        help="DATABASE_POOL_MAX_SIZE for the web process (0: a connection per request)",
+    )
     p.add_argument("--database-url", help="server to create the benchmark database on")
     p.add_argument(
         "--redis-url", help="a Redis database to use and FLUSH (default: a private redis-server)"
@@ -240,7 +246,8 @@ def main() -> None:
     args = p.parse_args()
 
     report: dict[str, Any] = {"benchmark": "scale", "machine_before": machine_load()}
-    with BenchStack("scale", {}, args.database_url, args.redis_url, args.keep) as stack:
+    env = {"DATABASE_POOL_MAX_SIZE": str(args.db_pool)}
+    with BenchStack("scale", env, args.database_url, args.redis_url, args.keep) as stack:
         stack.start_web()
         # Before: a small table whose owners have as many jobs as the seeded ones will.
         per_owner = args.jobs * (100 - args.heavy_share) // 100 // args.owners
@@ -263,7 +270,8 @@ def main() -> None:
         report.update(
             command=(
                 f"python -m bench.scale --jobs {args.jobs} --owners {args.owners} "
-                f"--heavy-share {args.heavy_share} --requests {args.requests}"
+                f"--heavy-share {args.heavy_share} --requests {args.requests} "
+                f"--db-pool {args.db_pool}"
             ),
             rows_before=small_rows,
             rows=rows,

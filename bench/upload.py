@@ -1,7 +1,7 @@
 """``python -m bench.upload``: upload throughput through the real web server.
 
-Starts PostgreSQL-backed web exactly as the Procfile serves it (see bench/stack.py for
-the isolation), then, from one asyncio client with ``--clients`` connections on
+Starts web exactly as the Procfile serves it, on a database and a redis-server of its
+own (bench/stack.py), then, from one asyncio client with ``--clients`` connections on
 loopback, runs three phases of ``--seconds`` each against the same server:
 
 1. ``get``: ``GET /api/v1/jobs/{id}/`` of a stored job, the floor of an authenticated
@@ -12,11 +12,14 @@ loopback, runs three phases of ``--seconds`` each against the same server:
 3. ``upload_rotated``: the same photos stored sideways with EXIF orientation 6, which
    must be turned (and so re-encoded) before they are stored.
 
-No worker runs: jobs stay queued and their messages wait in the benchmark's own Redis
-database, which the measure does not depend on. The per-user submit rate and the cap
-on unfinished jobs are raised (``SNAPREAD_SUBMIT_RATE=1000000/min``,
-``SNAPREAD_MAX_UNFINISHED_JOBS=1000000``) and both are still checked on every upload:
-their cost is in the numbers, their refusals are not.
+No worker runs: jobs stay queued and their messages wait in the benchmark's own Redis,
+which the measure does not depend on. ``--db-pool`` (20) sets DATABASE_POOL_MAX_SIZE;
+``--web-env KEY=VALUE`` adds to the web process's environment (MALLOC_ARENA_MAX=2, say);
+``--profile DIR`` samples the web process with py-spy, one folded-stack file a phase.
+The per-user submit rate and the cap on unfinished jobs are raised
+(``SNAPREAD_SUBMIT_RATE=1000000/min``, ``SNAPREAD_MAX_UNFINISHED_JOBS=1000000``) and
+both are still checked on every upload: their cost is in the numbers, their refusals
+are not.
 
 Reports requests/s, latency p50/p99, every status seen, the web process's CPU time per
 request (from /proc, so less sensitive to what else runs than requests/s is) and its
