@@ -60,10 +60,25 @@ def database_from_url(url: str) -> dict:
         "PASSWORD": unquote(parsed.password or ""),
         "HOST": parsed.hostname or "",
         "PORT": str(parsed.port or ""),
-        "OPTIONS": dict(parse_qsl(parsed.query)),
+        "OPTIONS": dict(parse_qsl(parsed.query), **_pool_options()),
         "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 0),
         "CONN_HEALTH_CHECKS": True,
     }
+
+
+def _pool_options() -> dict:
+    """``DATABASE_POOL_MAX_SIZE=N`` (N > 0): each process holds at most N connections.
+
+    Under ASGI every request runs in a thread of its own, so without a pool a burst of
+    requests opens one connection each and PostgreSQL refuses those past its
+    max_connections with a 500 (bench/load.py found it); a pool makes them wait their
+    turn instead, and saves a connect per request. Excludes DATABASE_CONN_MAX_AGE.
+    """
+    size = env_int("DATABASE_POOL_MAX_SIZE", 0)
+    if size <= 0:
+        return {}
+    timeout = float(env_int("DATABASE_POOL_TIMEOUT", 30))
+    return {"pool": {"min_size": 1, "max_size": size, "timeout": timeout}}
 
 
 def _load_devstack_env(path: Path) -> None:
