@@ -73,8 +73,12 @@ def _pool_options() -> dict:
     requests opens one connection each and PostgreSQL refuses those past its
     max_connections with a 500 (bench/load.py found it); a pool makes them wait their
     turn instead, and saves a connect per request. Excludes DATABASE_CONN_MAX_AGE.
+    On by default: 32 covers the worker's 24 threads and the web process's bursts within
+    PostgreSQL's default 100 connections for one web and one worker; 0 turns it off.
+    Connections are checked when taken (CONN_HEALTH_CHECKS), so a restarted database
+    costs a reconnect, not a failed request.
     """
-    size = env_int("DATABASE_POOL_MAX_SIZE", 0)
+    size = env_int("DATABASE_POOL_MAX_SIZE", 32)
     if size <= 0:
         return {}
     timeout = float(env_int("DATABASE_POOL_TIMEOUT", 30))

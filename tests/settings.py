@@ -27,3 +27,7 @@ os.environ["SNAPREAD_HTTPS"] = "0"
 os.environ["STATIC_ROOT"] = tempfile.mkdtemp(prefix="snapread-test-static-")
 
 from project.settings import *  # noqa: E402, F403
+
+# pytest-django creates and drops the test database from this process: plain connections
+# here. The servers the tests start (workers, daphne) run project.settings, pool and all.
+DATABASES["default"]["OPTIONS"].pop("pool", None)  # noqa: F405
