@@ -35,9 +35,10 @@ HEAVY = 100_000
 PER_OWNER = (JOBS - HEAVY) // OWNERS
 P50_LIMIT_MS = 10.0
 # "Flat": at most this much slower than on a small table, measured in the same run, so a
-# busy machine (which slows both alike) does not fail the test but a scan growing with
-# the table does. The 10 ms limit holds where the small table meets it.
-FLAT = 1.5
+# busy machine (which slows both alike, not always evenly) does not fail the test but a
+# scan growing with the table does: a sequential scan of a million rows costs 100 ms and
+# more, far past 3x. The 10 ms limit holds where the small table meets it.
+FLAT = 3.0
 # Seeding a million rows took 42 s on two cores shared with other busy work
 # (docs/benchmarks.md); this catches it growing into many minutes (a lost index order,
 # a trigger) without being flaky.
