@@ -13,8 +13,8 @@ On one machine, with the same N rendered 1200x1600 page photos, in one run:
 - **added latency** at low load: one job at a time, end-to-end time minus the chain's
   own compute (the job's stage timings), p50 and p95.
 
-The stack is real and isolated: its own PostgreSQL database and Redis database, daphne
-serving the ASGI app as the Procfile does, a Celery worker. It writes
+The stack is real and isolated (bench/stack.py): its own PostgreSQL database, a private
+redis-server, the web process as the Procfile runs it, a Celery worker. It writes
 ``bench/results/latest.json`` and appends a row to ``docs/benchmarks.md``.
 """
 
@@ -26,8 +26,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,10 +37,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
-import redis
 import requests
 from websockets.sync.client import connect
+
+from bench.stack import BenchStack, Process, make_users
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "latest.json"
@@ -66,8 +64,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8, help="B: the worker's batch size")
     p.add_argument("--wait-ms", type=int, default=5, help="T: the worker's batch window")
     p.add_argument("--device", default="cpu", help="cpu or cuda (raw and both workers)")
-    p.add_argument("--database", default="postgres://postgres@127.0.0.1:5432/snapread_bench")
-    p.add_argument("--redis", default="redis://127.0.0.1:6379/9")
+    p.add_argument("--database", help="PostgreSQL server for the benchmark's own database")
+    p.add_argument("--redis", help="a Redis database to use and FLUSH (default: a private one)")
     p.add_argument("--no-doc", action="store_true", help="do not append to docs/benchmarks.md")
     args = p.parse_args()
 
@@ -143,141 +141,81 @@ def measure_raw(photos: list[bytes], batch: int, device: str) -> dict[str, Any]:
 # -- the stack -------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Stack:
+    """bench.stack's isolated stack (own database, private redis-server, the Procfile's
+    web command), with the reading worker as the Procfile runs it or as the naive design."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.tmp = Path(tempfile.mkdtemp(prefix="snapread-bench-"))
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.env = dict(
-            os.environ,
-            DJANGO_SETTINGS_MODULE="project.settings",
-            DEBUG="0",
-            SECRET_KEY="bench-only-" + os.urandom(8).hex(),
-            SNAPREAD_HTTPS="0",
-            ALLOWED_HOSTS="127.0.0.1,localhost",
-            DATABASE_URL=args.database,
-            REDIS_URL=args.redis,
-            MEDIA_ROOT=str(self.tmp / "media"),
-            STATIC_ROOT=str(self.tmp / "static"),
-            SNAPREAD_SUBMIT_RATE="1000000/min",
-            SNAPREAD_MAX_UNFINISHED_JOBS="100000",
-            SNAPREAD_DEVICE=args.device,
-            CELERY_BEAT_SCHEDULE_FILENAME=str(self.tmp / "beat"),
+        self.bench = BenchStack(
+            "e2e",
+            env={
+                "SNAPREAD_SUBMIT_RATE": "1000000/min",
+                "SNAPREAD_MAX_UNFINISHED_JOBS": "100000",
+                "SNAPREAD_DEVICE": args.device,
+            },
+            database_url=args.database,
+            redis_url=args.redis,
         )
-        self.web: subprocess.Popen[bytes] | None = None
-        self.worker: subprocess.Popen[bytes] | None = None
-        self.worker_log: Path | None = None
+        self.worker: Process | None = None
         self.token = ""
 
     def __enter__(self) -> Stack:
-        self._fresh_database()
-        redis.Redis.from_url(self.args.redis).flushdb()
-        self._manage("migrate", "--noinput")
-        out = self._manage("create_api_token", "bench")
-        self.token = out.strip().splitlines()[-1]
-        log = (self.tmp / "web.log").open("ab")
-        self.web = subprocess.Popen(
-            ["daphne", "-b", "127.0.0.1", "-p", str(self.port), "project.asgi:application"],
-            cwd=REPO, env=self._path_env(), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.base + "/healthz", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("the web process did not answer /healthz")
+        self.bench.__enter__()
+        self.bench.start_web()
+        [self.token] = make_users(1, "bench-e2e-")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop_worker()
-        if self.web and self.web.poll() is None:
-            os.killpg(self.web.pid, signal.SIGTERM)
-            self.web.wait(20)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.bench.__exit__(*exc)
 
-    def _path_env(self) -> dict[str, str]:
-        bindir = str(Path(sys.executable).parent)
-        return dict(self.env, PATH=bindir + os.pathsep + self.env.get("PATH", ""))
-
-    def _manage(self, *argv: str) -> str:
-        out = subprocess.run(
-            [sys.executable, "manage.py", *argv], cwd=REPO, env=self.env, check=True,
-            capture_output=True, text=True,
-        )  # fmt: skip
-        return out.stdout
-
-    def _fresh_database(self) -> None:
-        url = self.args.database
-        name = url.rsplit("/", 1)[1]
-        admin = url.rsplit("/", 1)[0] + "/postgres"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{name}"')
+    @property
+    def base(self) -> str:
+        return self.bench.url
 
     # -- workers ---------------------------------------------------------------------
 
     def start_worker(self, kind: str) -> None:
-        name = f"bench-{kind}@{socket.gethostname()}"
-        env = self._path_env()
         if kind == "e2e":
             # As the Procfile runs it: threads pool, dynamic batching.
             pool = ["-P", "threads", "-c", str(3 * self.args.batch)]
-            env.update(
-                SNAPREAD_BATCH_SIZE=str(self.args.batch),
-                SNAPREAD_BATCH_WAIT_MS=str(self.args.wait_ms),
-            )
+            env = {
+                "SNAPREAD_BATCH_SIZE": str(self.args.batch),
+                "SNAPREAD_BATCH_WAIT_MS": str(self.args.wait_ms),
+            }
         else:
             # One image per task in one prefork child, Tesseract as a process per crop.
             pool = ["-P", "prefork", "-c", "1"]
-            env.update(SNAPREAD_PACK=str(self._naive_pack()), SNAPREAD_BATCH_SIZE="1")
-        self.worker_log = self.tmp / f"{kind}-worker.log"
-        log = self.worker_log.open("ab")
-        self.worker = subprocess.Popen(
-            ["celery", "-A", "project", "worker", "-Q", "gpu,default", *pool, "-l", "info",
-             "-n", name, "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            env = {"SNAPREAD_PACK": str(self._naive_pack()), "SNAPREAD_BATCH_SIZE": "1"}
+        argv = ["env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "celery"]
+        argv += ["-A", "project", "worker", "-Q", "gpu,default", *pool, "-l", "info"]
+        argv += ["-n", f"bench-{kind}@%h", "--without-gossip", "--without-mingle"]
+        argv += ["--without-heartbeat"]
+        self.worker = self.bench.start(f"{kind}-worker", argv)
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            text = self.worker_log.read_text(errors="replace")
+        text = ""
+        while time.monotonic() < deadline and self.worker.alive():
+            text = self.worker.log_path.read_text(errors="replace")
             if " ready." in text and "reading chain loaded" in text:
                 return
-            if self.worker.poll() is not None:
-                break
             time.sleep(0.2)
         raise RuntimeError(f"the {kind} worker did not start:\n{text[-3000:]}")
 
     def stop_worker(self) -> dict[str, int]:
         """Stop the worker; the batch sizes it logged at shutdown."""
-        if not self.worker:
+        if self.worker is None:
             return {}
-        if self.worker.poll() is None:
-            os.killpg(self.worker.pid, signal.SIGTERM)
-            try:
-                self.worker.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.worker.pid, signal.SIGKILL)
-                self.worker.wait(10)
+        self.worker.stop(grace=60)
+        text = self.worker.log_path.read_text(errors="replace")
         self.worker = None
-        text = self.worker_log.read_text(errors="replace") if self.worker_log else ""
         found = re.findall(r"batch sizes seen: (\{.*?\})", text)
         return {str(k): v for k, v in json.loads(found[-1]).items()} if found else {}
 
     def _naive_pack(self) -> Path:
         from workers.pipeline.pack import DEFAULT_PACK_DIR
 
-        pack = self.tmp / "naive-pack"
+        pack = self.bench.workdir / "naive-pack"
         if not pack.exists():
             shutil.copytree(DEFAULT_PACK_DIR, pack)
             manifest = json.loads((pack / "manifest.json").read_text())
@@ -300,7 +238,7 @@ class Stack:
 
     def watch(self, job_id: str, timeout: float = 600) -> tuple[float, dict[str, Any]]:
         """Wait on the job's WebSocket for a terminal state: (when it was seen, the job)."""
-        url = f"ws://127.0.0.1:{self.port}/ws/jobs/{job_id}/?token={self.token}"
+        url = f"ws://127.0.0.1:{self.bench.port}/ws/jobs/{job_id}/?token={self.token}"
         with connect(url, origin=self.base, open_timeout=30) as ws:
             deadline = time.monotonic() + timeout
             while True:
