@@ -27,16 +27,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 
 from bench.photos import multipart_body, page_photo
-from bench.stack import BenchStack, machine_load, make_users, rss_mb
+from bench.stack import (
+    BenchStack,
+    add_stack_arguments,
+    machine_load,
+    make_users,
+    rss_mb,
+    write_report,
+)
 
 LIMITS = {"SNAPREAD_SUBMIT_RATE": "120/min", "SNAPREAD_MAX_UNFINISHED_JOBS": "200"}
 TERMINAL = {"succeeded", "rejected", "failed", "canceled"}
@@ -189,18 +194,7 @@ def main() -> None:
     p.add_argument("--photos", type=int, default=8, help="distinct photos")
     p.add_argument("--worker-concurrency", type=int, default=2)
     p.add_argument("--chain", choices=["fake", "real"], default="fake")
-    p.add_argument(
-        "--db-pool",
-        type=int,
-        default=20,
-        help="DATABASE_POOL_MAX_SIZE for every process (0: a connection per request)",
-    )
-    p.add_argument("--database-url", help="server to create the benchmark database on")
-    p.add_argument(
-        "--redis-url", help="a Redis database to use and FLUSH (default: a private redis-server)"
-    )
-    p.add_argument("--keep", action="store_true", help="keep the database and logs")
-    p.add_argument("--out", help="also write the report here as JSON")
+    add_stack_arguments(p, pool_for="every process")
     args = p.parse_args()
 
     load_before = machine_load()
@@ -261,10 +255,7 @@ def main() -> None:
         "processes_dead_at_end": dead,
     }
     report["ok"] = report["server_errors_5xx"] == 0 and database["lost"] == 0 and not dead
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    write_report(report, args.out)
     raise SystemExit(0 if report["ok"] else 1)
 
 

@@ -27,10 +27,9 @@ import statistics
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
-from bench.stack import BenchStack, machine_load
+from bench.stack import BenchStack, add_stack_arguments, machine_load, write_report
 
 SEED_USERS = """
 INSERT INTO auth_user (password, is_superuser, username, first_name, last_name, email,
@@ -231,18 +230,7 @@ def main() -> None:
     p.add_argument("--heavy-share", type=int, default=10, help="percent of rows of one owner")
     p.add_argument("--requests", type=int, default=200, help="per endpoint and table size")
     p.add_argument("--messages", type=int, default=10_000)
-    p.add_argument(
-        "--db-pool",
-        type=int,
-        default=20,
-        help="DATABASE_POOL_MAX_SIZE for the web process (0: a connection per request)",
-    )
-    p.add_argument("--database-url", help="server to create the benchmark database on")
-    p.add_argument(
-        "--redis-url", help="a Redis database to use and FLUSH (default: a private redis-server)"
-    )
-    p.add_argument("--keep", action="store_true", help="keep the database and logs")
-    p.add_argument("--out", help="also write the report here as JSON")
+    add_stack_arguments(p, pool_for="the web process")
     args = p.parse_args()
 
     report: dict[str, Any] = {"benchmark": "scale", "machine_before": machine_load()}
@@ -297,10 +285,7 @@ def main() -> None:
             redis=redis_bytes_per_queued_job(args.messages),
         )
     report["machine_after"] = machine_load()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

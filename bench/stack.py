@@ -14,7 +14,9 @@ The benchmark process itself loads Django against the same database (after
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
 import secrets
 import shlex
@@ -277,3 +279,27 @@ def make_users(count: int, prefix: str) -> list[str]:
     users = User.objects.bulk_create([User(username=f"{prefix}{i:04d}") for i in range(count)])
     tokens = Token.objects.bulk_create([Token(user=u, key=Token.generate_key()) for u in users])
     return [t.key for t in tokens]
+
+
+def add_stack_arguments(p: argparse.ArgumentParser, pool_for: str) -> None:
+    """The options every stack benchmark takes."""
+    p.add_argument(
+        "--db-pool",
+        type=int,
+        default=20,
+        help=f"DATABASE_POOL_MAX_SIZE for {pool_for} (0: a connection per request)",
+    )
+    p.add_argument("--database-url", help="server to create the benchmark database on")
+    p.add_argument(
+        "--redis-url", help="a Redis database to use and FLUSH (default: a private redis-server)"
+    )
+    p.add_argument("--keep", action="store_true", help="keep the database and logs")
+    p.add_argument("--out", help="also write the report here as JSON")
+
+
+def write_report(report: dict, out: str | None) -> None:
+    """Print the report as JSON, and write it to ``out`` too when given."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")

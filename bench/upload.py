@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,14 @@ from pathlib import Path
 import aiohttp
 
 from bench.photos import multipart_body, page_photo
-from bench.stack import BenchStack, machine_load, make_users, rss_mb
+from bench.stack import (
+    BenchStack,
+    add_stack_arguments,
+    machine_load,
+    make_users,
+    rss_mb,
+    write_report,
+)
 
 LIMITS = {"SNAPREAD_SUBMIT_RATE": "1000000/min", "SNAPREAD_MAX_UNFINISHED_JOBS": "1000000"}
 TARGET_UPLOADS_PER_S = 100
@@ -250,19 +256,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     p.add_argument("--photos", type=int, default=8, help="distinct photos per kind")
     p.add_argument("--users", type=int, default=20)
-    p.add_argument("--database-url", help="server to create the benchmark database on")
-    p.add_argument(
-        "--redis-url", help="a Redis database to use and FLUSH (default: a private redis-server)"
-    )
-    p.add_argument("--keep", action="store_true", help="keep the database and logs")
-    p.add_argument("--out", help="also write the report here as JSON")
+    add_stack_arguments(p, pool_for="the web process")
     p.add_argument("--profile", metavar="DIR", help="sample the web process with py-spy")
-    p.add_argument(
-        "--db-pool",
-        type=int,
-        default=20,
-        help="DATABASE_POOL_MAX_SIZE for the web process (0: a connection per request)",
-    )
     p.add_argument(
         "--web-env",
         action="append",
@@ -277,10 +272,7 @@ def main() -> None:
     with BenchStack("upload", env, args.database_url, args.redis_url, args.keep) as stack:
         stack.start_web()
         report = asyncio.run(measure(stack, args))
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":
