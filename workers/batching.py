@@ -38,6 +38,7 @@ class Ticket:
         self.image = image
         self.future: Future[Any] = Future()
         self.batch_size = 0
+        self.prepare_ms = 0.0  # time the chain's `prepare` took on the caller's thread
         self._events: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._abandoned = threading.Event()
 
@@ -95,15 +96,20 @@ class Batcher:
         # accelerator waits too instead of piling up batches in memory.
         self._handoff: queue.Queue[tuple[list[Ticket], Any]] = queue.Queue(maxsize=1)
         self._started = False
+        self._last_batch = self.max_batch
         self._lock = threading.Lock()
 
     def submit(self, image: Any) -> Ticket:
         """Queue one image; the chain's `prepare` (if it has one) runs here, on the
         caller's thread, off the accelerator's."""
         self._start()
+        prepare_ms = 0.0
         if self._prepare is not None:
+            t0 = time.perf_counter()
             image = self._prepare(image)
+            prepare_ms = (time.perf_counter() - t0) * 1000
         ticket = Ticket(image)
+        ticket.prepare_ms = prepare_ms
         self._inbox.put(ticket)
         return ticket
 
@@ -128,7 +134,10 @@ class Batcher:
 
     def _collect(self) -> list[Ticket]:
         batch = [self._inbox.get()]
-        deadline = time.monotonic() + self.max_wait_s
+        # A lone image after a lone image: nobody else is coming, so do not make it wait
+        # for company. Once two arrive together, batches wait up to the window again.
+        wait = self.max_wait_s if self._last_batch > 1 or not self._inbox.empty() else 0.0
+        deadline = time.monotonic() + wait
         while len(batch) < self.max_batch:
             remaining = deadline - time.monotonic()
             try:
@@ -139,6 +148,7 @@ class Batcher:
                 )
             except queue.Empty:
                 break
+        self._last_batch = len(batch)
         return [t for t in batch if not t.abandoned]
 
     def _accelerator_loop(self) -> None:
