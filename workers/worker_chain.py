@@ -18,6 +18,7 @@ from django.core.files.storage import default_storage
 from PIL import Image, ImageDraw
 
 from detection.jobs import Claim, Reading, RegionReading
+from workers import metrics
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def read(claim: Claim, on_stage: Callable[[str], None]) -> Reading:
         image = Image.open(stored)
         image.load()
     [result] = pipeline.run([image], on_stage=on_stage)
+    metrics.observe_batch(1)  # metrics: each read is a batch of one image
     c = result.classification
     if c.relevant:
         check_reading_size(len(result.regions), [crop.size for crop in result.crops])
