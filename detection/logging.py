@@ -27,6 +27,9 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 # outside; anything else (too long, odd characters) is replaced rather than logged.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
+READ_JOB_TASK = "workers.tasks.read_job"
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
 # Attributes every LogRecord has; whatever else a record carries came from `extra=`.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -57,12 +60,27 @@ class ContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "job_id", None) is None:
-            record.job_id = job_id_var.get()
+            record.job_id = job_id_var.get() or _job_of_task_message(record)
         if getattr(record, "request_id", None) is None:
             record.request_id = request_id_var.get()
         if getattr(record, "task_id", None) is None:
-            record.task_id = _current_task_id()
+            record.task_id = _current_task_id() or _task_data(record).get("id")
         return True
+
+
+def _task_data(record: logging.LogRecord) -> dict:
+    # Celery's own lines about a task ("received", "succeeded", "raised") carry the task
+    # in `data`, its arguments as text.
+    data = getattr(record, "data", None)
+    return data if isinstance(data, dict) else {}
+
+
+def _job_of_task_message(record: logging.LogRecord) -> str | None:
+    data = _task_data(record)
+    if data.get("name") != READ_JOB_TASK:
+        return None
+    match = _UUID.search(str(data.get("args", "")))
+    return match.group(0) if match else None
 
 
 def _current_task_id() -> str | None:
@@ -86,9 +104,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key in ("job_id", "request_id", "task_id"):
-            value = getattr(record, key, None)
-            if value is not None:
-                entry[key] = value
+            entry[key] = getattr(record, key, None)
         for key, value in vars(record).items():
             if key not in _STANDARD and key not in entry and not key.startswith("_"):
                 entry[key] = value

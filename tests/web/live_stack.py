@@ -54,7 +54,8 @@ class LiveWeb:
         )
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+            # -v 0: no NCSA access lines of daphne's own; Django logs each request (JSON).
+            [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(self.port),
              "project.asgi:application"],
             cwd=REPO, env=environment, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
