@@ -29,7 +29,7 @@ from django.utils import timezone
 from PIL import Image
 
 from detection.annotate import annotate
-from detection.models import UNFINISHED, Job, Region, Stage, Status
+from detection.models import TERMINAL, UNFINISHED, Job, Region, Stage, Status
 from detection.selectors import job_by_idempotency_key, job_group, job_payload
 from detection.uploads import NormalizedImage
 
@@ -321,6 +321,53 @@ def job_delete(job_id: uuid.UUID | str, owner: Any) -> None:
         transaction.on_commit(lambda: _publish(str(job_id), None))
 
 
+# -- operators ------------------------------------------------------------------------
+
+
+def job_rerun(job_id: uuid.UUID | str) -> bool:
+    """Send a finished job through the chain again (the admin's re-run); False when the
+    job is not finished.
+
+    In one transaction the job goes back to queued and loses its regions and results; the
+    message and the removal of the old crops and annotated image follow the commit.
+    `attempts` keeps counting, so a claim from an earlier run stays stale.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(id=job_id, status__in=TERMINAL).first()
+        if job is None:
+            return False
+        old_files = [r.crop.name for r in job.regions.all() if r.crop]
+        if job.annotated_image:
+            old_files.append(job.annotated_image.name)
+        changed = Job.objects.filter(id=job_id, status__in=TERMINAL).update(
+            status=Status.QUEUED,
+            stage="",
+            classification_label="",
+            classification_score=None,
+            classification_relevant=None,
+            error_code="",
+            error_message="",
+            annotated_image="",
+            timings_ms={},
+            pack_name="",
+            pack_version="",
+            lease_expires_at=None,
+            worker_host="",
+            started_at=None,
+            finished_at=None,
+            enqueued_at=now,
+        )
+        if not changed:
+            return False
+        Region.objects.filter(job_id=job_id).delete()
+        _after_commit_publish(Job.objects.get(id=job_id))
+        transaction.on_commit(lambda: _send(job_id))
+        transaction.on_commit(lambda: _delete_files(old_files))
+    log.info("job %s re-run", job_id, extra={"job_id": str(job_id)})
+    return True
+
+
 # -- the sweeper ----------------------------------------------------------------------
 
 
@@ -473,6 +520,14 @@ def _messages_waiting() -> int | None:
         # Unknown: re-send every stale job, as if nothing waited.
         log.warning("could not count the messages in queue %s", READ_QUEUE, exc_info=True)
         return None
+
+
+def _delete_files(names: list[str]) -> None:
+    for name in names:
+        try:
+            default_storage.delete(name)
+        except OSError:
+            log.exception("could not remove %s", name)
 
 
 def _remove_files(job_id: str) -> None:

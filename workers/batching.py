@@ -95,7 +95,7 @@ class Batcher:
         self.max_batch = max_batch
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
         self.batch_sizes: Counter[int] = Counter()
-        self._on_batch = on_batch  # told each batch's size (metrics)
+        self.on_batch = on_batch  # told each batch's size (metrics)
         self._split = hasattr(chain, "detect") and hasattr(chain, "finish")
         self._prepare = getattr(chain, "prepare", None) if self._split else None
         self._inbox: queue.SimpleQueue[Ticket] = queue.SimpleQueue()
@@ -164,8 +164,8 @@ class Batcher:
             if not batch:
                 continue
             self.batch_sizes[len(batch)] += 1
-            if self._on_batch is not None:
-                self._on_batch(len(batch))
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             for ticket in batch:
                 ticket.batch_size = len(batch)
             if not self._split:

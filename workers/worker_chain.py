@@ -27,6 +27,7 @@ from django.core.files.storage import default_storage
 from PIL import Image
 
 from detection.jobs import Claim, Reading, RegionReading
+from workers import metrics
 from workers.batching import Batcher
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def batcher() -> Batcher:
             )
             if settings.SNAPREAD_WARM_UP:
                 _warm_up(_batcher)
+            _batcher.on_batch = metrics.observe_batch  # after the warm-up: real batches only
             log.info(
                 "reading chain loaded: %s %s, batches of up to %d",
                 loaded.pack.name,

@@ -25,3 +25,11 @@ class JobPagination(PageNumberPagination):
         for parameter in parameters:
             parameter["schema"]["minimum"] = 1
         return parameters
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        paginated = super().get_paginated_response_schema(schema)
+        properties = paginated["properties"]
+        properties["count"]["example"] = 42
+        properties["next"]["example"] = "http://127.0.0.1:8000/api/v1/jobs/?page=3"
+        properties["previous"]["example"] = "http://127.0.0.1:8000/api/v1/jobs/?page=1"
+        return paginated

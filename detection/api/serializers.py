@@ -6,6 +6,7 @@ describes it, so the REST answer, the WebSocket messages and the schema agree.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rest_framework import serializers
@@ -18,8 +19,40 @@ class JobInput(serializers.Serializer):
     image = serializers.FileField(help_text="JPEG, PNG or WebP; limits in docs/api.md.")
 
 
+class QueryDateTime(serializers.DateTimeField):
+    """ISO 8601; an unencoded `+01:00` arrives as ` 01:00` (a `+` in a query string is a
+    space) and is read as the offset it was meant to be."""
+
+    def to_internal_value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            value = _SPACE_OFFSET.sub(r"+\1", value.strip())
+        return super().to_internal_value(value)
+
+
+_SPACE_OFFSET = re.compile(r"(?<=\d) (\d{2}(?::?\d{2})?)$")
+
+
 class JobListFilter(serializers.Serializer):
     status = serializers.ChoiceField(choices=Status.choices, required=False)
+    created_after = QueryDateTime(
+        required=False,
+        input_formats=["iso-8601"],
+        help_text="Jobs created at or after this time (ISO 8601, e.g. 2026-11-24T16:00:00Z; "
+        "a date alone is its midnight UTC).",
+    )
+    created_before = QueryDateTime(
+        required=False,
+        input_formats=["iso-8601"],
+        help_text="Jobs created before this time (ISO 8601).",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        after, before = attrs.get("created_after"), attrs.get("created_before")
+        if after and before and after >= before:
+            raise serializers.ValidationError(
+                {"created_before": "Must be later than created_after."}
+            )
+        return attrs
 
 
 class ClassificationOutput(serializers.Serializer):
