@@ -46,13 +46,8 @@ class JobListFilter(serializers.Serializer):
         help_text="Jobs created before this time (ISO 8601).",
     )
 
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        after, before = attrs.get("created_after"), attrs.get("created_before")
-        if after and before and after >= before:
-            raise serializers.ValidationError(
-                {"created_before": "Must be later than created_after."}
-            )
-        return attrs
+    # A window that ends before it starts is not an error: it holds no jobs (the schema
+    # cannot say "later than", so a client may send one in good faith).
 
 
 class ClassificationOutput(serializers.Serializer):
