@@ -120,6 +120,8 @@ def test_rerun_takes_a_succeeded_job_through_the_worker_again(
     first = wait_for_job(job_id)
     assert first.status == Status.SUCCEEDED
     old_regions = set(Region.objects.filter(job=first).values_list("id", flat=True))
+    assert alice_api.get(f"/api/v1/jobs/{job_id}/annotated/").status_code == 200  # drawn now
+    first.refresh_from_db()
     old_files = {r.crop.name for r in first.regions.all()} | {first.annotated_image.name}
     assert all(default_storage.exists(name) for name in old_files)
 
