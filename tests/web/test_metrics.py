@@ -169,3 +169,52 @@ def test_the_worker_endpoint_parses_as_prometheus_text(worker: InstrumentedWorke
         "snapread_worker_stage_seconds",
         "snapread_queue_depth",
     } <= names
+
+
+class FakeCuda:
+    """A CUDA device in use, which this machine cannot have (the one mock here)."""
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def device_count(self) -> int:
+        return 1
+
+    def memory_allocated(self, index: int) -> int:
+        return 3_000_000
+
+    def memory_reserved(self, index: int) -> int:
+        return 4_194_304
+
+    def max_memory_allocated(self, index: int) -> int:
+        return 3_500_000
+
+
+def gpu_memory(kind: str) -> float | None:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(
+        "snapread_worker_gpu_memory_bytes", {"device": "0", "kind": kind}
+    )
+
+
+def test_gpu_memory_is_recorded_only_where_cuda_is_in_use(monkeypatch) -> None:
+    import sys
+    import types
+
+    from workers import metrics
+
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=FakeCuda()))
+    metrics.observe_gpu_memory()
+    assert (gpu_memory("allocated"), gpu_memory("reserved")) == (3_000_000, 4_194_304)
+    assert gpu_memory("peak_allocated") == 3_500_000
+
+    idle = FakeCuda()
+    idle.is_initialized = lambda: False  # type: ignore[method-assign]
+    idle.memory_allocated = lambda index: 1  # type: ignore[method-assign]
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=idle))
+    metrics.observe_gpu_memory()
+    assert gpu_memory("allocated") == 3_000_000  # not asked: CUDA was not initialised
