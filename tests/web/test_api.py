@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from django.conf import settings
+from django.contrib.staticfiles import finders
 from rest_framework.test import APIClient
 
 from detection import jobs
@@ -156,6 +160,17 @@ def test_it_serves_the_openapi_schema_and_its_ui(client) -> None:
     assert schema.status_code == 200
     assert "/api/v1/jobs/{job_id}/cancel/" in schema.json()["paths"]
     assert client.get("/api/docs/").status_code == 200
+
+
+def test_the_api_docs_load_nothing_from_outside(client) -> None:
+    """Swagger UI's scripts and styles come from this server: air-gapped hosts have no CDN."""
+    page = client.get("/api/docs/").content.decode()
+    assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css|png))"', page)
+
+    assert any("swagger-ui" in a for a in assets), page[:500]
+    for asset in assets:
+        assert asset.startswith(settings.STATIC_URL), asset
+        assert finders.find(asset.removeprefix(settings.STATIC_URL)), asset
 
 
 def test_unknown_api_urls_answer_json_404(alice_api) -> None:
