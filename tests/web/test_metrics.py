@@ -159,7 +159,14 @@ def test_queue_depth_says_when_the_broker_does_not_answer() -> None:
     assert families["snapread_queue_depth_up"].samples[0].value == 0
 
 
-def test_the_worker_endpoint_parses_as_prometheus_text(worker: InstrumentedWorker) -> None:
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_endpoint_parses_as_prometheus_text(
+    worker: InstrumentedWorker, alice_api
+) -> None:
+    # A labelled family appears once something was counted in it: read one job first,
+    # whatever ran before (another test may have started this worker afresh).
+    job = alice_api.post("/api/v1/jobs/", {"image": upload(image_bytes())}, format="multipart")
+    wait_for_job(job.json()["id"])
     response = requests.get(worker.metrics_url, timeout=5)
 
     assert response.status_code == 200
