@@ -138,6 +138,55 @@ def evaluate(pipeline: Pipeline, data_dir: Path, limit: int | None = None) -> di
     }
 
 
+def sweep(
+    pipeline: Pipeline,
+    data_dir: Path,
+    limit: int | None = None,
+    scores: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95),
+    confidences: tuple[float, ...] = (0.0, 50.0, 60.0, 70.0, 80.0, 90.0),
+) -> list[dict]:
+    """Number precision and recall for each pair of detection score threshold and reading
+    confidence threshold, from one pass over the pages: for choosing a pack's thresholds
+    on a validation set (``generate --split val``), never on the held-out one."""
+    from dataclasses import replace
+
+    detector, reader = pipeline.detector, pipeline.reader
+    saved = (getattr(detector, "score_threshold", None), getattr(reader, "settings", None))
+    if saved[0] is None or saved[1] is None:
+        raise SystemExit("--sweep needs a detector with score_threshold and a reader with settings")
+    detector.score_threshold = min(scores)
+    reader.settings = replace(saved[1], min_confidence=0.0)
+    pages = []
+    try:
+        for label in read_labels(data_dir)[:limit]:
+            truths = [(box, canonical(text)) for box, text in label.numbers]
+            [result] = pipeline.run([open_image(data_dir / label.file)])
+            regions = [(r.box, canonical(r.text), r.score, r.confidence) for r in result.regions]
+            pages.append((truths, regions))
+    finally:
+        detector.score_threshold, reader.settings = saved
+    positives = sum(len(t) for t, _ in pages)
+    table = []
+    for s in scores:
+        for c in confidences:
+            tp = fp = 0
+            for truths, regions in pages:
+                read = [(b, t) for b, t, sc, cf in regions if sc >= s and cf >= c and t]
+                hits = greedy_match(
+                    read, truths, lambda p, t: p[1] == t[1] and iou(p[0], t[0]) >= MATCH_IOU
+                )
+                tp, fp = tp + sum(hits), fp + len(hits) - sum(hits)
+            table.append(
+                {
+                    "score_threshold": s,
+                    "min_confidence": c,
+                    "precision": round(tp / max(1, tp + fp), 4),
+                    "recall": round(tp / max(1, positives), 4),
+                }
+            )
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m workers.evaluate", description=__doc__)
     p.add_argument(
@@ -147,7 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default=None)
     p.add_argument("--limit", type=int, help="at most this many pages and negatives")
     p.add_argument("--out", help="also write the report here as JSON")
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="precision and recall over a grid of detection and reading thresholds "
+        "(for a validation set)",
+    )
     args = p.parse_args(argv)
+    if args.sweep:
+        table = sweep(load_pipeline(args.pack, args.device), Path(args.data), args.limit)
+        for row in table:
+            print(json.dumps(row))
+        if args.out:
+            Path(args.out).write_text(json.dumps(table, indent=2) + "\n")
+        return 0
     report = evaluate(load_pipeline(args.pack, args.device), Path(args.data), args.limit)
     text = json.dumps(report, indent=2)
     if args.out:

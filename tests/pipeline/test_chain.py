@@ -26,8 +26,9 @@ def pages():
 
 
 def test_it_reads_the_numbers_on_rendered_pages(pipeline: Pipeline, pages) -> None:
-    # A regression guard at what pack 1.0.0 reads (held-out recall 0.64, precision 0.80,
-    # docs/models.md); the product's targets are measured by workers.evaluate.
+    # A regression guard below what pack 1.1.0 reads (held-out recall 0.89, precision
+    # 0.96, docs/models.md; on these six pages 57 of 67 and 57 of 60 read); the product's
+    # targets are measured by workers.evaluate.
     results = pipeline.run([p.image for p in pages])
     truth = read = correct = 0
     for page, result in zip(pages, results, strict=True):
@@ -36,8 +37,8 @@ def test_it_reads_the_numbers_on_rendered_pages(pipeline: Pipeline, pages) -> No
         got = [(r.box, canonical(r.text)) for r in result.regions if r.text]
         hits = greedy_match(got, truths, lambda p, t: p[1] == t[1] and iou(p[0], t[0]) >= 0.3)
         truth, read, correct = truth + len(truths), read + len(got), correct + sum(hits)
-    assert correct / truth >= 0.45, f"recall {correct}/{truth}"
-    assert correct / read >= 0.45, f"precision {correct}/{read}"
+    assert correct / truth >= 0.75, f"recall {correct}/{truth}"
+    assert correct / read >= 0.85, f"precision {correct}/{read}"
 
 
 def test_it_answers_the_same_for_the_same_image(pipeline: Pipeline, pages) -> None:
@@ -148,3 +149,30 @@ def test_the_cli_prints_a_table_for_people(tmp_path: Path, pages) -> None:
     )
     assert out.stdout.startswith(f"{page}: page (")
     assert canonical(pages[0].numbers[0][1]) in out.stdout
+
+
+def test_the_threshold_sweep_agrees_with_the_evaluation_at_the_packs_thresholds(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    from workers.evaluate import evaluate, sweep
+    from workers.training.dataset import generate
+
+    data = generate(tmp_path / "val", "val", pages=3, negatives=0, workers=1)
+    report = evaluate(pipeline, data)
+    score = pipeline.detector.score_threshold
+    confidence = pipeline.reader.settings.min_confidence
+    table = sweep(pipeline, data, scores=(score, 0.99), confidences=(confidence, 99.0))
+    [row] = [
+        r for r in table if r["score_threshold"] == score and r["min_confidence"] == confidence
+    ]
+    assert (row["precision"], row["recall"]) == (
+        report["number_precision"],
+        report["number_recall"],
+    )
+    strictest = [r for r in table if r["score_threshold"] == 0.99 and r["min_confidence"] == 99.0]
+    assert strictest[0]["recall"] <= row["recall"]
+    # The sweep leaves the pipeline as it found it.
+    assert (pipeline.detector.score_threshold, pipeline.reader.settings.min_confidence) == (
+        score,
+        confidence,
+    )

@@ -86,7 +86,8 @@ def _pack(tmp_path: Path, cfg, weights: Path, config_name: str) -> Path:
     pack = tmp_path / "d2pack"
     pack.mkdir()
     shutil.copyfile(weights, pack / "model_final.pth")
-    shutil.copyfile(DEFAULT_PACK_DIR / "classifier.pt", pack / "classifier.pt")
+    for name in ("classifier.pt", "reader.pt"):
+        shutil.copyfile(DEFAULT_PACK_DIR / name, pack / name)
     if config_name.endswith(".yaml"):
         (pack / config_name).write_text(cfg.dump())
     else:
@@ -101,7 +102,7 @@ def _pack(tmp_path: Path, cfg, weights: Path, config_name: str) -> Path:
         "classes": ["number"],
         "score_threshold": 0.0,
     }
-    write_manifest(pack, manifest, ["classifier.pt", "model_final.pth", config_name])
+    write_manifest(pack, manifest, ["classifier.pt", "reader.pt", "model_final.pth", config_name])
     return pack
 
 

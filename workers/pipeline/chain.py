@@ -150,6 +150,6 @@ def load_pipeline(pack_dir: str | Path | None = None, device: str | None = None)
         classifier=classifier,
         detector=detector,
         cropper=Cropper.from_config(pack.crop),
-        reader=load_reader(pack.ocr),
+        reader=load_reader(pack.ocr, pack, dev),
         device=dev,
     )

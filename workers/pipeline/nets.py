@@ -118,9 +118,59 @@ def fasterrcnn_tiny(num_classes: int = 2, image_size: int = 800) -> FasterRCNN:
     )
 
 
+class LineReader(nn.Module):
+    """A convolutional CTC recogniser for one short printed line (a problem number).
+
+    Input: ``(N, 1, H, W)`` crops, ink bright on a zero background (see
+    ``workers.pipeline.ocr.CtcReader``). Output: ``(N, W // 4, classes)`` logits, one
+    column of the crop every 4 pixels, class 0 the CTC blank.
+
+    Convolutions only, no recurrent layer: a column's answer depends on the pixels
+    within its receptive field and on nothing else, so padding a crop on the right
+    with background never changes what is read inside it. A job's text is then the
+    same whichever other jobs' crops share its batch.
+    """
+
+    RECEPTIVE_FIELD = 96  # pixels, generously: the 2-D stack and the 1-D context
+
+    def __init__(self, num_classes: int = 12, height: int = 36, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            _conv_bn(1, w, 1),
+            nn.MaxPool2d(2),  # H/2, W/2
+            _conv_bn(w, 2 * w, 1),
+            nn.MaxPool2d(2),  # H/4, W/4
+            _conv_bn(2 * w, 4 * w, 1),
+            _conv_bn(4 * w, 4 * w, 1),
+            nn.MaxPool2d((2, 1)),  # H/8, W/4
+            _conv_bn(4 * w, 4 * w, 1),
+        )
+        rows = height // 8
+        self.context = nn.Sequential(
+            nn.Conv1d(4 * w * rows, 128, 3, padding=1, bias=False),
+            nn.BatchNorm1d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(128, 128, 3, padding=2, dilation=2, bias=False),
+            nn.BatchNorm1d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(128, 128, 3, padding=4, dilation=4, bias=False),
+            nn.BatchNorm1d(128),
+            nn.ReLU(inplace=True),
+        )
+        self.head = nn.Conv1d(128, num_classes, 1)
+        self.height = height
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)  # N, C, H/8, W/4
+        f = f.flatten(1, 2)  # N, C * H/8, W/4
+        return self.head(self.context(f)).transpose(1, 2)
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "resnet8": ResNet8,
     "fasterrcnn_tiny": fasterrcnn_tiny,
+    "line_reader": LineReader,
 }
 
 

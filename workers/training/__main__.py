@@ -18,9 +18,34 @@ from workers.pipeline.pack import write_manifest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def reference_manifest(name: str, version: str) -> dict:
-    """The settings of the reference pack; a user's pack may change any of them."""
-    from workers.training import train_classifier, train_detector
+TESSERACT_OCR = {
+    "backend": "tesserocr",
+    "languages": "eng",
+    "psm": 7,
+    "allow": "0123456789.*",
+    "pattern": r"\d+(?:\.\d+)*",
+    "timeout_ms": 500,
+    "threads": 2,
+}
+
+
+def reference_manifest(name: str, version: str, ocr: str = "ctc") -> dict:
+    """The settings of the reference pack; a user's pack may change any of them.
+
+    ``ocr`` is ``ctc`` (the pack's own line reader, ``reader.pt``) or ``tesserocr``
+    (Tesseract, no weights of ours).
+    """
+    from workers.training import train_classifier, train_detector, train_reader
+
+    reader = {
+        "backend": "ctc",
+        "arch": "line_reader",
+        "format": "state_dict",
+        "file": "reader.pt",
+        "alphabet": train_reader.ALPHABET,
+        "pattern": r"\d+(?:\.\d+)*",
+        "min_confidence": 80.0,
+    }
 
     return {
         "name": name,
@@ -43,19 +68,11 @@ def reference_manifest(name: str, version: str) -> dict:
             "file": "detector.pt",
             "classes": train_detector.CLASSES,
             "image_size": 800,
-            "score_threshold": 0.5,
+            "score_threshold": 0.9,
             "max_regions": 100,
         },
-        "crop": {"pad_x": 0.25, "pad_y": 0.2, "deskew": True, "height": 36, "max_width": 600},
-        "ocr": {
-            "backend": "tesserocr",
-            "languages": "eng",
-            "psm": 7,
-            "allow": "0123456789.*",
-            "pattern": r"\d+(?:\.\d+)*",
-            "timeout_ms": 500,
-            "threads": 2,
-        },
+        "crop": dict(train_reader.CROP),
+        "ocr": reader if ocr == "ctc" else dict(TESSERACT_OCR),
     }
 
 
@@ -90,6 +107,23 @@ def cmd_train_detector(args: argparse.Namespace) -> None:
         batch=args.batch,
         crop=args.crop,
         seed=args.seed,
+        lr=args.lr,
+        init=Path(args.init) if args.init else None,
+    )
+    print(json.dumps(stats))
+
+
+def cmd_train_reader(args: argparse.Namespace) -> None:
+    from workers.training.train_reader import train
+
+    stats = train(
+        Path(args.data),
+        Path(args.out),
+        steps=args.steps,
+        batch=args.batch,
+        copies=args.copies,
+        seed=args.seed,
+        negative_share=args.negative_share,
     )
     print(json.dumps(stats))
 
@@ -99,8 +133,12 @@ def cmd_pack(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(args.classifier, out / "classifier.pt")
     shutil.copyfile(args.detector, out / "detector.pt")
-    manifest = reference_manifest(args.name, args.version)
-    path = write_manifest(out, manifest, ["classifier.pt", "detector.pt"])
+    files = ["classifier.pt", "detector.pt"]
+    if args.reader:
+        shutil.copyfile(args.reader, out / "reader.pt")
+        files.append("reader.pt")
+    manifest = reference_manifest(args.name, args.version, "ctc" if args.reader else "tesserocr")
+    path = write_manifest(out, manifest, files)
     print(f"wrote {path}")
 
 
@@ -147,6 +185,18 @@ def cmd_reference(args: argparse.Namespace) -> None:
             ],
         ),
         (
+            "train-reader",
+            [
+                "train-reader",
+                "--data",
+                str(data / "train"),
+                "--out",
+                str(work / "reader.pt"),
+                "--steps",
+                str(args.reader_steps),
+            ],
+        ),
+        (
             "pack",
             [
                 "pack",
@@ -154,6 +204,8 @@ def cmd_reference(args: argparse.Namespace) -> None:
                 str(work / "classifier.pt"),
                 "--detector",
                 str(work / "detector.pt"),
+                "--reader",
+                str(work / "reader.pt"),
                 "--out",
                 args.out,
                 "--name",
@@ -176,7 +228,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="render a data set of page photos and negatives")
-    g.add_argument("--split", choices=["train", "heldout"], required=True)
+    g.add_argument(
+        "--split",
+        choices=["train", "val", "heldout"],
+        required=True,
+        help="train: to train on; val: to choose thresholds on; heldout: to measure on",
+    )
     g.add_argument("--pages", type=int, default=1500)
     g.add_argument("--negatives", type=int, default=1500)
     g.add_argument("--out", required=True)
@@ -197,11 +254,29 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--batch", type=int, default=8)
     d.add_argument("--crop", type=int, default=384)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--lr", type=float, default=2e-3)
+    d.add_argument("--init", help="start from these weights (fine-tune) instead of from scratch")
     d.set_defaults(func=cmd_train_detector)
+
+    t = sub.add_parser("train-reader", help="train the number reader (OCR)")
+    t.add_argument("--data", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--steps", type=int, default=6000)
+    t.add_argument("--batch", type=int, default=64)
+    t.add_argument("--copies", type=int, default=3, help="crops per number, boxes jittered")
+    t.add_argument(
+        "--negative-share",
+        type=float,
+        default=0.0,
+        help="share of each batch that is crops without a number, read as no text",
+    )
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train_reader)
 
     k = sub.add_parser("pack", help="write a model pack from trained weights")
     k.add_argument("--classifier", required=True)
     k.add_argument("--detector", required=True)
+    k.add_argument("--reader", help="the trained reader; without it the pack reads with Tesseract")
     k.add_argument("--out", required=True)
     k.add_argument("--name", default="reference")
     k.add_argument("--version", default="1.0.0")
@@ -213,6 +288,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--pages", type=int, default=1500)
     r.add_argument("--negatives", type=int, default=1500)
     r.add_argument("--iterations", type=int, default=3000)
+    r.add_argument("--reader-steps", type=int, default=6000)
     r.add_argument("--name", default="reference")
     r.add_argument("--version", default="1.0.0")
     r.set_defaults(func=cmd_reference)

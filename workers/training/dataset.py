@@ -20,7 +20,10 @@ from pathlib import Path
 from PIL import Image
 
 # Seeds are drawn from disjoint ranges, so no held-out photo was ever trained on.
-SEED_BASE = {"train": 0, "heldout": 50_000_000}
+# "val" is for choosing a pack's thresholds: pages no model was trained on, in the
+# training fonts, so that "heldout" (other seeds, other fonts) is only ever measured.
+SEED_BASE = {"train": 0, "val": 20_000_000, "heldout": 50_000_000}
+FONTS_OF = {"train": "train", "val": "train", "heldout": "heldout"}
 NEGATIVE_OFFSET = 1_000_000
 
 
@@ -35,7 +38,7 @@ def _render_page(job: tuple[str, int, str]) -> dict:
     from workers.training.synth import fonts, render_page
 
     out_dir, seed, split = job
-    sample = render_page(seed, fonts(split))
+    sample = render_page(seed, fonts(FONTS_OF[split]))
     name = f"pages/{seed:09d}.jpg"
     sample.image.save(Path(out_dir) / name, quality=92)
     return {

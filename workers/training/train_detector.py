@@ -96,6 +96,7 @@ def train(
     lr: float = 2e-3,
     negatives: int = 200,
     seed: int = 0,
+    init: Path | None = None,
     log=partial(print, flush=True),
 ) -> dict:
     torch.manual_seed(seed)
@@ -104,6 +105,8 @@ def train(
     items = load_pages(data_dir, image_size, negatives)
     log(f"detector: {len(items)} images at long side {image_size}, crops {crop}")
     model = fasterrcnn_tiny(num_classes=len(CLASSES), image_size=image_size)
+    if init is not None:  # go on from trained weights (fine-tuning) instead of from scratch
+        model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
     model.transform.min_size = (crop,)
     model.transform.max_size = crop
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -145,5 +148,6 @@ def train(
         "iterations": iterations,
         "batch": batch,
         "crop": crop,
+        "init": str(init) if init else None,
         "seconds": round(time.perf_counter() - t0, 1),
     }

@@ -1,0 +1,106 @@
+"""The reference pack's own number reader (the ``ctc`` OCR backend) and its training."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.pipeline.test_stages import printed
+from workers.pipeline import Pipeline
+from workers.pipeline.nets import LineReader
+from workers.pipeline.ocr import CtcReader, load_reader
+from workers.pipeline.pack import ModelPack, PackError
+
+
+@pytest.fixture(scope="module")
+def reader(pipeline: Pipeline) -> CtcReader:
+    assert isinstance(pipeline.reader, CtcReader), "the reference pack reads with its own reader"
+    return pipeline.reader
+
+
+def as_crop(image: Image.Image, height: int = 36) -> Image.Image:
+    return image.resize((round(image.width * height / image.height), height), Image.BICUBIC)
+
+
+@pytest.mark.parametrize(
+    "font", ["DejaVuSerif-Bold.ttf", "DejaVuSans.ttf", "LiberationSerif-Regular.ttf"]
+)
+def test_it_reads_problem_numbers_and_leaves_out_the_marks_around_them(reader, font) -> None:
+    texts = ["3.14.", "12.7*.", "215.", "1.2", "4.3.17)", "908"]
+    readings = reader.read([as_crop(printed(t, size=30, name=font)) for t in texts])
+    assert [r.text for r in readings] == ["3.14", "12.7", "215", "1.2", "4.3.17", "908"]
+    assert all(0 < r.confidence <= 100 for r in readings)
+
+
+def test_what_it_reads_in_a_crop_does_not_depend_on_the_rest_of_the_batch(reader) -> None:
+    short = as_crop(printed("7.25."))
+    others = [as_crop(printed("3.14.15.92.65.35.89.79.")), as_crop(printed("1."))]
+    [alone] = reader.read([short])
+    batched = reader.read([others[0], short, others[1]])
+    assert batched[1].text == alone.text == "7.25"
+    assert batched[1].confidence == pytest.approx(alone.confidence, abs=0.01)
+    # And at the level of the network's output, column by column.
+    a = reader.prepare(short)
+    wide = np.zeros((1, 1, a.shape[0], a.shape[1] + 400), np.float32)
+    wide[0, 0, :, : a.shape[1]] = a
+    tight = wide[:, :, :, : a.shape[1] + reader.margin]
+    with torch.inference_mode():
+        columns = -(-a.shape[1] // reader.STRIDE)
+        x = reader.module(torch.from_numpy(wide))[0, :columns]
+        y = reader.module(torch.from_numpy(np.ascontiguousarray(tight)))[0, :columns]
+    assert torch.allclose(x, y, atol=1e-4)
+
+
+def test_it_reads_nothing_in_a_blank_crop_and_rarely_anything_in_noise(reader) -> None:
+    [blank] = reader.read([Image.new("L", (90, 36), 235)])
+    assert blank.text == "" and blank.confidence == 0.0
+    rng = np.random.default_rng(0)
+    noise = [Image.fromarray(rng.integers(0, 255, (36, 90), np.uint8)) for _ in range(40)]
+    read = [r.text for r in reader.read(noise) if r.text]
+    assert len(read) <= 2, read
+
+
+def test_a_reading_less_sure_than_the_pack_asks_is_no_text(reader) -> None:
+    crop = as_crop(printed("3.14."))
+    [sure] = reader.read([crop])
+    assert sure.text == "3.14"
+    strict = CtcReader(
+        reader.module, reader.alphabet, replace(reader.settings, min_confidence=100.1), "cpu"
+    )
+    [refused] = strict.read([crop])
+    assert refused.text == "" and refused.confidence == 0.0 and refused.raw == "3.14"
+
+
+def test_it_reads_crops_of_any_size(reader) -> None:
+    sizes = [(1, 1), (1, 36), (600, 36), (5, 200), (40, 10)]
+    readings = reader.read([Image.new("L", s, 200) for s in sizes])
+    assert len(readings) == len(sizes)
+
+
+def test_a_ctc_pack_must_name_its_alphabet(pack_copy: Path) -> None:
+    manifest = json.loads((pack_copy / "manifest.json").read_text())
+    manifest["ocr"].pop("alphabet")
+    (pack_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackError, match="alphabet"):
+        load_reader(ModelPack.load(pack_copy).ocr, ModelPack.load(pack_copy), None)
+
+
+def test_training_the_reader_lowers_its_loss_and_writes_weights_the_pack_loads(
+    tmp_path: Path,
+) -> None:
+    from workers.training.dataset import generate
+    from workers.training.train_reader import ALPHABET, train
+
+    data = generate(tmp_path / "data", "train", pages=4, negatives=0, workers=1)
+    out = tmp_path / "reader.pt"
+    stats = train(data, out, steps=40, batch=16, copies=2, workers=1, log_every=20)
+    assert stats["crops"] > 20
+    assert stats["loss_last"] < stats["loss_first"]
+    model = LineReader(num_classes=len(ALPHABET) + 1)
+    model.load_state_dict(torch.load(out, weights_only=True))
