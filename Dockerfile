@@ -21,4 +21,6 @@ ENV MEDIA_ROOT=/data/media STATIC_ROOT=/app/var/static SNAPREAD_PACK=/app/models
 RUN DEBUG=1 python manage.py collectstatic --no-input >/dev/null
 
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "project.asgi:application"]
+CMD ["uvicorn", "project.asgi:application", "--host", "0.0.0.0", "--port", "8000", \
+     "--http", "httptools", "--loop", "uvloop", "--ws", "websockets", "--lifespan", "off", \
+     "--no-access-log"]

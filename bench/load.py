@@ -1,7 +1,7 @@
 """``python -m bench.load``: many clients submitting photos and polling them to the end.
 
 Starts the stack itself (bench/stack.py: its own database and Redis server): web as
-the Procfile serves it (daphne), a real Celery worker and beat (the sweeper). Then
+the Procfile serves it (uvicorn), a real Celery worker and beat (the sweeper). Then
 ``--clients`` asyncio clients on loopback, each its own user with its own token, loop
 for ``--seconds``: submit a 1200x1600 JPEG page photo, poll ``GET /api/v1/jobs/{id}/``
 every ``--poll-interval`` seconds until the job is terminal, submit the next. After the

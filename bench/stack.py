@@ -1,6 +1,6 @@
 """The stack a benchmark measures: real servers on a database and Redis DB of its own.
 
-Web is started exactly as the Procfile's ``web`` line says (daphne), workers are real
+Web is started exactly as the Procfile's ``web`` line says (uvicorn), workers are real
 ``celery -A project worker`` processes. PostgreSQL is the machine's own (or the server
 ``DATABASE_URL`` names), Redis a private ``redis-server`` on a free port without
 persistence (or, with ``--redis-url``, that database, flushed at start). Isolation: the
@@ -55,6 +55,23 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (a server's worker processes)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return tree
 
 
 def machine_load() -> str:
@@ -226,11 +243,14 @@ class BenchStack:
         self.processes.append(process)
         return process
 
-    def start_web(self, timeout: float = 60) -> Process:
-        """The Procfile's ``web`` command, on a free port; returns once /healthz answers."""
+    def start_web(
+        self, timeout: float = 60, command: str | None = None, name: str = "web"
+    ) -> Process:
+        """The Procfile's ``web`` command (or ``command``, ``${PORT}`` expanded), on a free
+        port; returns once /healthz answers."""
         self.port = free_port()
-        command = parse_procfile((REPO / "Procfile").read_text())["web"]
-        web = self.start("web", shlex.split(expand(command, dict(self.env, PORT=str(self.port)))))
+        command = command or parse_procfile((REPO / "Procfile").read_text())["web"]
+        web = self.start(name, shlex.split(expand(command, dict(self.env, PORT=str(self.port)))))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not web.alive():

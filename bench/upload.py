@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import statistics
 import subprocess
 import sys
 import time
@@ -47,6 +46,7 @@ from bench.stack import (
     add_stack_arguments,
     machine_load,
     make_users,
+    process_tree,
     rss_mb,
     write_report,
 )
@@ -80,24 +80,35 @@ class Phase:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far, from /proc/<pid>/stat."""
+    """User + system CPU time so far of a server: the process and every process under it
+    (a server with worker processes), from /proc/<pid>/stat."""
     import os
 
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class RssSampler:
+    """Peak resident memory of the largest process of a server, and of all of them."""
+
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak = 0.0
-        self.samples: list[float] = []
+        self.peak_total = 0.0
+        self.processes = 1
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            value = rss_mb(self.pid)
-            self.samples.append(value)
-            self.peak = max(self.peak, value)
+            sizes = [rss_mb(p) for p in process_tree(self.pid)]
+            self.processes = max(self.processes, len(sizes))
+            self.peak = max(self.peak, *sizes)
+            self.peak_total = max(self.peak_total, sum(sizes))
             await asyncio.sleep(0.1)
 
 
@@ -162,9 +173,7 @@ def _profile(pid: int, name: str, args: argparse.Namespace) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-async def measure(stack: BenchStack, args: argparse.Namespace) -> dict:
-    web = stack.processes[0]
-    tokens = make_users(args.users, "upload")
+async def measure(stack: BenchStack, web, tokens: list[str], args: argparse.Namespace) -> dict:
     upright = [page_photo(100 + k) for k in range(args.photos)]
     rotated = [page_photo(200 + k, orientation=6) for k in range(args.photos)]
     bodies = {
@@ -211,34 +220,17 @@ async def measure(stack: BenchStack, args: argparse.Namespace) -> dict:
     stop.set()
     await sampling
 
-    from detection.models import Job
-
     reports = {p.name: p.report() for p in phases}
     uploads = reports["upload"]
     return {
-        "benchmark": "upload",
-        "command": " ".join(
-            ["python -m bench.upload", f"--clients {args.clients} --seconds {args.seconds:g}"]
-            + [f"--db-pool {args.db_pool}"]
-            + [f"--web-env {item}" for item in args.web_env]
-        ),
         "machine": machine_load(),
-        "photo": {
-            "size": [1200, 1600],
-            "jpeg_bytes_mean": round(statistics.mean(len(p) for p in upright)),
-            "distinct": args.photos,
-        },
-        "limits": LIMITS,
-        "database_pool_max_size": args.db_pool,
-        "web_env": args.web_env,
-        "clients": args.clients,
         "phases": reports,
         "upload_over_get": round(uploads["per_s"] / reports["get"]["per_s"], 3),
-        "jobs_stored": Job.objects.count(),
-        "web_rss_mb": {"start": round(rss_start, 1), "peak": round(sampler.peak, 1)},
-        "validation_alone_ms": {
-            "upright": validation_alone_ms(upright[0]),
-            "rotated": validation_alone_ms(rotated[0]),
+        "web_processes": sampler.processes,
+        "web_rss_mb": {
+            "start": round(rss_start, 1),
+            "peak_per_process": round(sampler.peak, 1),
+            "peak_all_processes": round(sampler.peak_total, 1),
         },
         "target": {
             "uploads_per_s": TARGET_UPLOADS_PER_S,
@@ -246,7 +238,6 @@ async def measure(stack: BenchStack, args: argparse.Namespace) -> dict:
             "web_rss_mb": TARGET_RSS_MB,
             "rss_met": sampler.peak < TARGET_RSS_MB,
         },
-        "load_after": machine_load(),
     }
 
 
@@ -265,14 +256,63 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="extra environment for the web process, e.g. MALLOC_ARENA_MAX=2",
     )
+    p.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND",
+        help="measure this web command too (${PORT} is set), after the Procfile's, in the "
+        "same run on the same database; e.g. 'daphne=daphne -p ${PORT} project.asgi:application'",
+    )
     args = p.parse_args()
 
     env = dict(LIMITS, DATABASE_POOL_MAX_SIZE=str(args.db_pool))
     env.update(item.split("=", 1) for item in args.web_env)
+    servers = [("procfile", None)] + [tuple(s.split("=", 1)) for s in args.server]
     with BenchStack("upload", env, args.database_url, args.redis_url, args.keep) as stack:
-        stack.start_web()
-        report = asyncio.run(measure(stack, args))
+        tokens = make_users(args.users, "upload")
+        results = {}
+        for name, command in servers:
+            web = stack.start_web(command=command, name=f"web-{name}")
+            results[name] = asyncio.run(measure(stack, web, tokens, args))
+            results[name]["command"] = command or procfile_web()
+            web.stop()
+        from detection.models import Job
+
+        photo = page_photo(100)
+        first = results["procfile"]["phases"]["upload"]["per_s"]
+        report = {
+            "benchmark": "upload",
+            "command": " ".join(
+                ["python -m bench.upload", f"--clients {args.clients} --seconds {args.seconds:g}"]
+                + [f"--db-pool {args.db_pool}"]
+                + [f"--web-env {item}" for item in args.web_env]
+                + [f"--server '{item}'" for item in args.server]
+            ),
+            "photo": {"size": [1200, 1600], "jpeg_bytes": len(photo), "distinct": args.photos},
+            "limits": LIMITS,
+            "database_pool_max_size": args.db_pool,
+            "web_env": args.web_env,
+            "clients": args.clients,
+            "servers": results,
+            "uploads_per_s_over_procfile": {
+                name: round(r["phases"]["upload"]["per_s"] / first, 2)
+                for name, r in results.items()
+            },
+            "jobs_stored": Job.objects.count(),
+            "validation_alone_ms": {
+                "upright": validation_alone_ms(photo),
+                "rotated": validation_alone_ms(page_photo(200, orientation=6)),
+            },
+            "load_after": machine_load(),
+        }
     write_report(report, args.out)
+
+
+def procfile_web() -> str:
+    from project.devstack import REPO, parse_procfile
+
+    return parse_procfile((REPO / "Procfile").read_text())["web"]
 
 
 if __name__ == "__main__":

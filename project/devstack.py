@@ -370,7 +370,7 @@ def main() -> int:
     env["FLOWER_PORT"] = env.get("FLOWER_PORT") or "5555"
     env["FLOWER_BASIC_AUTH"] = env.get("FLOWER_BASIC_AUTH") or f"admin:{secrets.token_urlsafe(9)}"
     env["PYTHONUNBUFFERED"] = "1"
-    # The Procfile names daphne and celery: the ones installed beside this Python.
+    # The Procfile names uvicorn and celery: the ones installed beside this Python.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     try:
         VAR.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Fixtures for the browser suite: the page as a person uses it, in a real Chromium.
 
-The server is the project's own ASGI server (daphne, as in the Procfile) in a
+The server is the Procfile's web command (the project's ASGI app) in a
 subprocess on a free port, speaking HTTP and WebSocket, on the test database and the
 test Redis; the browser is Debian's headless Chromium driven by Playwright; jobs are
 read by the web suite's real Celery worker with the real reference pack.
@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +22,6 @@ from urllib.parse import quote
 import pytest
 from django.conf import settings
 from django.db import connections
-
-# pytest imports tests/web/conftest.py as `web.conftest` (tests/ has no __init__.py, so
-# it is the import root). Importing it by that same name shares the module, and so the
-# one list of worker pools that keeps a single worker running across both suites.
 from web.conftest import (  # noqa: F401 - fixtures and hooks, found by name
     POOLS,
     Workers,
@@ -38,6 +33,11 @@ from web.conftest import (  # noqa: F401 - fixtures and hooks, found by name
     queued_job_without_message,
     reading_worker,
 )
+
+# pytest imports tests/web/conftest.py as `web.conftest` (tests/ has no __init__.py, so
+# it is the import root). Importing it by that same name shares the module, and so the
+# one list of worker pools that keeps a single worker running across both suites.
+from web.live_stack import free_port, web_command, web_path
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts" / "browser"
@@ -78,28 +78,33 @@ def service_env() -> dict[str, str]:
     return env
 
 
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=3) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="package")
 def server(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The base URL of daphne serving project.asgi (HTTP and WebSocket) on a free port."""
-    log_path = tmp_path_factory.mktemp("daphne") / "daphne.log"
-    daphne = Path(sys.executable).with_name("daphne")
+    """The base URL of the Procfile's web server (HTTP and WebSocket) on a free port."""
+    log_path = tmp_path_factory.mktemp("web") / "web.log"
+    port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(daphne), "-b", "127.0.0.1", "-p", "0", "project.asgi:application"],
-            cwd=REPO, env=service_env(), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            web_command(port),
+            cwd=REPO, env=dict(service_env(), PATH=web_path()), stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     deadline = time.monotonic() + 60
-    port = None
-    while port is None:
-        found = re.search(r"Listening on TCP address 127\.0\.0\.1:(\d+)", log_path.read_text())
-        if found:
-            port = int(found.group(1))
-        elif process.poll() is not None or time.monotonic() > deadline:
+    while not _answers(f"http://127.0.0.1:{port}/healthz"):
+        if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise AssertionError(f"daphne did not start:\n{log_path.read_text()[-4000:]}")
-        else:
-            time.sleep(0.1)
+            raise AssertionError(f"web did not start:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.1)
     yield f"http://127.0.0.1:{port}"
     process.send_signal(signal.SIGTERM)
     try:

@@ -54,7 +54,8 @@ def test_it_reads_the_real_procfile_with_its_defaults() -> None:
     assert list(processes) == ["web", "worker", "beat", "flower"]
     env = {"FLOWER_BASIC_AUTH": "admin:secret"}
     assert devstack.expand(processes["web"], env) == (
-        "env MALLOC_ARENA_MAX=2 daphne -b 127.0.0.1 -p 8000 project.asgi:application"
+        "env MALLOC_ARENA_MAX=2 uvicorn project.asgi:application --host 127.0.0.1 --port 8000 "
+        "--http httptools --loop uvloop --ws websockets --lifespan off --no-access-log"
     )
     flower = devstack.expand(processes["flower"], env)
     assert "--port=5555" in flower and "--basic-auth=admin:secret" in flower

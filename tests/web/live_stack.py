@@ -1,6 +1,6 @@
-"""The web process as it runs for real (daphne over HTTP and WebSocket), and a worker
-started with its metrics endpoint and JSON logs, for tests that talk to them over the
-network like any client or scraper would."""
+"""The web process as it runs for real (the Procfile's web command: HTTP and WebSocket),
+and a worker started with its metrics endpoint and JSON logs, for tests that talk to them
+over the network like any client or scraper would."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ import pytest
 import requests
 from django.conf import settings
 
+from project.devstack import expand, parse_procfile
+
 from .conftest import REPO, WorkerProcess, Workers, purge_queues
 
 
@@ -29,6 +31,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def web_command(port: int) -> list[str]:
+    """The Procfile's ``web`` line on ``port``, as ``make run`` starts it."""
+    import shlex
+
+    line = parse_procfile((REPO / "Procfile").read_text())["web"]
+    return shlex.split(expand(line, {"PORT": str(port)}))
+
+
+def web_path() -> str:
+    """PATH with this virtualenv's programs first: the Procfile names them bare."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
 def database_url() -> str:
     db = settings.DATABASES["default"]
     auth = quote(db["USER"]) + (":" + quote(db["PASSWORD"]) if db["PASSWORD"] else "")
@@ -36,7 +51,7 @@ def database_url() -> str:
 
 
 class LiveWeb:
-    """`daphne project.asgi:application` on a free port, on the test database and Redis."""
+    """The Procfile's web server on a free port, on the test database and Redis."""
 
     def __init__(self, log_path: Path, **env: str) -> None:
         self.port = free_port()
@@ -50,13 +65,12 @@ class LiveWeb:
             MEDIA_ROOT=str(settings.MEDIA_ROOT),
             SNAPREAD_SUBMIT_RATE="100000/min",
             SNAPREAD_HTTPS="0",
+            PATH=web_path(),
             **env,
         )
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            # -v 0: no NCSA access lines of daphne's own; Django logs each request (JSON).
-            [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(self.port),
-             "project.asgi:application"],
+            web_command(self.port),
             cwd=REPO, env=environment, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
@@ -71,7 +85,7 @@ class LiveWeb:
                     return
             except requests.RequestException:
                 time.sleep(0.2)
-        raise AssertionError(f"daphne did not start:\n{self.log_text()[-4000:]}")
+        raise AssertionError(f"web did not start:\n{self.log_text()[-4000:]}")
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -91,7 +105,7 @@ class LiveWeb:
 def running_web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveWeb]:
     """For a module fixture (which must also depend on django_db_setup, so that the
     web process stops before the test database is dropped)."""
-    web = LiveWeb(tmp_path_factory.mktemp("web") / "daphne.log", LOG_FORMAT="json")
+    web = LiveWeb(tmp_path_factory.mktemp("web") / "web.log", LOG_FORMAT="json")
     try:
         web.wait_ready()
         yield web
