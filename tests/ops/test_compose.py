@@ -58,7 +58,12 @@ def test_it_runs_the_procfile_processes(compose: dict, procfile: dict[str, str])
         theirs = procfile[name].split()
         assert ours[:4] == theirs[:4], name  # celery -A project <role>
     assert _command(services["worker"]) == procfile["worker"]
-    assert "-b 0.0.0.0 -p 8000" in _command(services["web"])
+    # The same web server and options, on all interfaces of its container, port 8000 (the
+    # Procfile's MALLOC_ARENA_MAX is the service's environment there).
+    web = procfile["web"].removeprefix("env MALLOC_ARENA_MAX=2 ")
+    web = web.replace("--host 127.0.0.1", "--host 0.0.0.0").replace("${PORT:-8000}", "8000")
+    assert _command(services["web"]) == web
+    assert services["web"]["environment"]["MALLOC_ARENA_MAX"] == "2"
     assert "--basic-auth=${FLOWER_BASIC_AUTH" in _command(services["flower"])
 
 
