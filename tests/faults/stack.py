@@ -141,6 +141,17 @@ class Stack:
         lines = path.read_text().splitlines() if path.exists() else []
         return Counter(line.split()[0] for line in lines)
 
+    def log_tails(self, lines: int = 40) -> str:
+        """The end of every log of this stack (workers, sweeper, Redis): what to read when
+        jobs did not finish."""
+        parts = []
+        for path in sorted(self.logs.glob("*.log")) + sorted(self.logs.parent.glob("*.log")):
+            if path.name in ("executions.log", "deliveries.log"):
+                continue
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"\n--- {path.name} (last {len(tail)} lines) ---\n" + "\n".join(tail))
+        return "".join(parts)
+
     def close(self) -> None:
         for worker in self.workers:
             worker.stop()
@@ -162,8 +173,10 @@ def assert_every_job_finished_once(
     result = _last_json(out)
     jobs = result["jobs"]
     assert sorted(jobs) == sorted(ids), "the database lost or invented jobs"
-    assert result["done_at"] is not None, f"not all terminal within {bound_s}s: " + str(
-        Counter(j["status"] for j in jobs.values())
+    assert result["done_at"] is not None, (
+        f"not all terminal within {bound_s}s: "
+        + str(Counter(j["status"] for j in jobs.values()))
+        + stack.log_tails()
     )
     for job_id, job in jobs.items():
         assert job["status"] == "succeeded", (job_id, job)
