@@ -210,7 +210,11 @@ class Stack:
         text = self.worker.log_path.read_text(errors="replace")
         self.worker = None
         found = re.findall(r"batch sizes seen: (\{.*?\})", text)
-        return {str(k): v for k, v in json.loads(found[-1]).items()} if found else {}
+        if not found:
+            return {}
+        # A plain log line holds the JSON as it is; a JSON log line holds it escaped.
+        sizes = found[-1].replace('\\"', '"')
+        return {str(k): v for k, v in json.loads(sizes).items()}
 
     def _naive_pack(self) -> Path:
         from workers.pipeline.pack import DEFAULT_PACK_DIR
