@@ -68,6 +68,12 @@ def greedy_match(preds: list, truths: list, ok) -> list[bool]:
     return hits
 
 
+def number_hits(read: list, truths: list) -> list[bool]:
+    """For each number read ((box, text), best first), whether it claims a true number:
+    the same text, boxes overlapping by ``MATCH_IOU``."""
+    return greedy_match(read, truths, lambda p, t: p[1] == t[1] and iou(p[0], t[0]) >= MATCH_IOU)
+
+
 def evaluate(pipeline: Pipeline, data_dir: Path, limit: int | None = None) -> dict:
     labels = read_labels(data_dir)[:limit]
     negatives = negative_files(data_dir)[:limit]
@@ -101,9 +107,7 @@ def evaluate(pipeline: Pipeline, data_dir: Path, limit: int | None = None) -> di
             hits = greedy_match(boxes, truths, lambda p, t: iou(p[0], t[0]) >= AP_IOU)
             scored += [(s, h) for (_, s), h in zip(boxes, hits, strict=True)]
         read = [(r.box, canonical(r.text)) for r in result.regions if canonical(r.text)]
-        hits = greedy_match(
-            read, truths, lambda p, t: p[1] == t[1] and iou(p[0], t[0]) >= MATCH_IOU
-        )
+        hits = number_hits(read, truths)
         tp += sum(hits)
         fp += len(hits) - sum(hits)
         if len(misses) < 50 and (sum(hits) < len(truths) or not all(hits)):
@@ -172,9 +176,7 @@ def sweep(
             tp = fp = 0
             for truths, regions in pages:
                 read = [(b, t) for b, t, sc, cf in regions if sc >= s and cf >= c and t]
-                hits = greedy_match(
-                    read, truths, lambda p, t: p[1] == t[1] and iou(p[0], t[0]) >= MATCH_IOU
-                )
+                hits = number_hits(read, truths)
                 tp, fp = tp + sum(hits), fp + len(hits) - sum(hits)
             table.append(
                 {

@@ -39,6 +39,8 @@ from web.conftest import (  # noqa: F401 - fixtures and hooks, found by name
 # one list of worker pools that keeps a single worker running across both suites.
 from web.live_stack import free_port, web_command, web_path
 
+from bench.stack import http_ok
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts" / "browser"
 CHROMIUM = os.environ.get("SNAPREAD_CHROMIUM", "/usr/bin/chromium")
@@ -78,16 +80,6 @@ def service_env() -> dict[str, str]:
     return env
 
 
-def _answers(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=3) as answer:
-            return answer.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="package")
 def server(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of the Procfile's web server (HTTP and WebSocket) on a free port."""
@@ -100,7 +92,7 @@ def server(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> I
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     deadline = time.monotonic() + 60
-    while not _answers(f"http://127.0.0.1:{port}/healthz"):
+    while not http_ok(f"http://127.0.0.1:{port}/healthz"):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise AssertionError(f"web did not start:\n{log_path.read_text()[-4000:]}")

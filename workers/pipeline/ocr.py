@@ -170,6 +170,48 @@ class PytesseractReader:
         return list(self._pool.map(self.read_one, crops))
 
 
+def prepare_crop(crop: Image.Image, height: int) -> np.ndarray:
+    """A crop as the line reader sees it: ``height`` pixels high, paper 0, ink 1."""
+    gray = crop.convert("L")
+    if gray.height != height:
+        width = max(1, round(gray.width * height / gray.height))
+        gray = gray.resize((width, height), Image.BILINEAR)
+    arr = np.asarray(gray, dtype=np.float32)
+    paper = float(np.median(arr))
+    ink = float(np.percentile(arr, 2))
+    return np.clip((paper - arr) / max(paper - ink, 24.0), -0.5, 1.5)
+
+
+def pad_batch(arrays: list[np.ndarray], margin: int, stride: int) -> tuple[np.ndarray, list[int]]:
+    """Prepared crops as one ``(N, 1, H, W)`` batch, each padded on the right with
+    background (0) to the widest plus ``margin``; and each crop's number of output
+    columns, the only ones that belong to it."""
+    width = max(a.shape[1] for a in arrays) + margin
+    width += -width % stride
+    batch = np.zeros((len(arrays), 1, arrays[0].shape[0], width), np.float32)
+    for row, a in enumerate(arrays):
+        batch[row, 0, :, : a.shape[1]] = a
+    return batch, [-(-a.shape[1] // stride) for a in arrays]
+
+
+def ctc_greedy(probs: np.ndarray, alphabet: str) -> tuple[str, list[float]]:
+    """Greedy CTC over ``(columns, classes)`` probabilities, class 0 the blank: the best
+    class per column, repeats merged, blanks dropped. Returns the text and each
+    character's probability (its best column's)."""
+    best = probs.argmax(-1)
+    chars: list[str] = []
+    sure: list[float] = []
+    previous = 0
+    for column, cls in enumerate(best):
+        if cls != 0 and cls != previous:
+            chars.append(alphabet[cls - 1])
+            sure.append(float(probs[column, cls]))
+        elif cls != 0 and sure:
+            sure[-1] = max(sure[-1], float(probs[column, cls]))
+        previous = cls
+    return "".join(chars), sure
+
+
 class CtcReader:
     """A line recogniser trained with the pack (``workers.training train-reader``).
 
@@ -208,15 +250,7 @@ class CtcReader:
         return cls(module, alphabet, OcrSettings.from_config(cfg), device)
 
     def prepare(self, crop: Image.Image) -> np.ndarray:
-        """A crop as the network reads it: height ``self.height``, paper 0, ink 1."""
-        gray = crop.convert("L")
-        if gray.height != self.height:
-            width = max(1, round(gray.width * self.height / gray.height))
-            gray = gray.resize((width, self.height), Image.BILINEAR)
-        arr = np.asarray(gray, dtype=np.float32)
-        paper = float(np.median(arr))
-        ink = float(np.percentile(arr, 2))
-        return np.clip((paper - arr) / max(paper - ink, 24.0), -0.5, 1.5)
+        return prepare_crop(crop, self.height)
 
     def read(self, crops: list[Image.Image]) -> list[Reading]:
         import torch
@@ -228,32 +262,18 @@ class CtcReader:
         out: list[Reading | None] = [None] * len(arrays)
         for start in range(0, len(order), self.chunk):
             part = order[start : start + self.chunk]
-            width = max(arrays[k].shape[1] for k in part) + self.margin
-            width += -width % self.STRIDE
-            batch = np.zeros((len(part), 1, self.height, width), np.float32)
-            for row, k in enumerate(part):
-                batch[row, 0, :, : arrays[k].shape[1]] = arrays[k]
+            batch, columns = pad_batch([arrays[k] for k in part], self.margin, self.STRIDE)
             with torch.inference_mode():
                 logits = self.module(torch.from_numpy(batch).to(self.device))
                 probs = logits.float().softmax(-1).cpu().numpy()
             for row, k in enumerate(part):
-                columns = -(-arrays[k].shape[1] // self.STRIDE)
-                out[k] = self.decode(probs[row, :columns])
+                out[k] = self.decode(probs[row, : columns[row]])
         return [r for r in out if r is not None]
 
     def decode(self, probs: np.ndarray) -> Reading:
-        """Greedy CTC: the best class per column, repeats merged, blanks dropped."""
-        best = probs.argmax(-1)
-        chars, sure = [], []
-        previous = 0
-        for column, cls in enumerate(best):
-            if cls != 0 and cls != previous:
-                chars.append(self.alphabet[cls - 1])
-                sure.append(float(probs[column, cls]))
-            elif cls != 0 and sure:
-                sure[-1] = max(sure[-1], float(probs[column, cls]))
-            previous = cls
-        raw = "".join(chars)
+        """One crop's columns as a reading: greedy CTC, the pack's pattern, its
+        confidence threshold."""
+        raw, sure = ctc_greedy(probs, self.alphabet)
         text = self.settings.clean(raw)
         confidence = 100.0 * min(sure) if text else 0.0
         if confidence < self.settings.min_confidence:

@@ -28,7 +28,7 @@ from torch import nn
 
 from workers.pipeline.crop import Cropper
 from workers.pipeline.nets import LineReader
-from workers.pipeline.ocr import CtcReader, OcrSettings
+from workers.pipeline.ocr import CtcReader, ctc_greedy, pad_batch, prepare_crop
 from workers.training.dataset import read_labels
 
 ALPHABET = "0123456789."
@@ -125,13 +125,6 @@ def _augment(crop: np.ndarray, rng: random.Random) -> np.ndarray:
     return crop
 
 
-class _Prep:
-    """The reader's own preprocessing, without loading a pack."""
-
-    height = CROP["height"]
-    prepare = CtcReader.prepare
-
-
 def _batch(
     items: list[tuple[np.ndarray, str]], rng: random.Random | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -141,13 +134,9 @@ def _batch(
     for crop, _ in items:
         if rng is not None:
             crop = _augment(crop, rng)
-        arrays.append(_Prep.prepare(_Prep, Image.fromarray(crop)))  # type: ignore[arg-type]
-    width = max(a.shape[1] for a in arrays) + MARGIN
-    width += -width % STRIDE
-    batch = np.zeros((len(arrays), 1, CROP["height"], width), np.float32)
-    for row, a in enumerate(arrays):
-        batch[row, 0, :, : a.shape[1]] = a
-    lengths = torch.tensor([-(-a.shape[1] // STRIDE) for a in arrays])
+        arrays.append(prepare_crop(Image.fromarray(crop), CROP["height"]))
+    batch, columns = pad_batch(arrays, MARGIN, STRIDE)
+    lengths = torch.tensor(columns)
     targets = [
         torch.tensor([ALPHABET.index(c) + 1 for c in text], dtype=torch.long) for _, text in items
     ]
@@ -160,11 +149,8 @@ def _batch(
 
 
 def greedy(logits: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-    reader = CtcReader.__new__(CtcReader)
-    reader.alphabet = ALPHABET
-    reader.settings = OcrSettings()
     probs = logits.softmax(-1).numpy()
-    return [reader.decode(probs[i, : int(n)]).raw for i, n in enumerate(lengths)]
+    return [ctc_greedy(probs[i, : int(n)], ALPHABET)[0] for i, n in enumerate(lengths)]
 
 
 def train(
