@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -135,6 +135,17 @@ class InstrumentedWorker:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+    def scrape_until(self, done: Callable[[str], bool], timeout: float = 20.0) -> str:
+        """The first scrape for which `done` holds, else the last one when time is up.
+        A job's row turns terminal when its result commits; the worker records the job's
+        metrics a moment later, after the task returns."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.scrape()
+            if done(text) or time.monotonic() > deadline:
+                return text
+            time.sleep(0.1)
 
 
 def start_instrumented_worker(
