@@ -118,10 +118,17 @@ def _orientation(image: Image.Image) -> int:
 
 
 def _checked_as_stored(stripped: bytes, original: Image.Image) -> NormalizedImage:
-    """Fully decode the stripped JPEG, the bytes that will be stored, and describe it."""
+    """Fully decode the stripped JPEG, the bytes that will be stored, and describe it.
+
+    Every block of its entropy-coded data is decoded, but to pixels at 1/8 of the size
+    (libjpeg's DCT scaling, PIL's `draft`): a truncated or corrupt stream is refused
+    exactly as by a full-size decode, at about 40 % of the CPU (the pixels are not used;
+    the worker decodes the stored file itself).
+    """
     with Image.open(io.BytesIO(stripped), formats=["JPEG"]) as image:
         if image.size != original.size or image.mode != original.mode:
             raise ValueError("the image changed when its metadata was removed")
+        image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
         with DECODE_SLOTS:
             image.load()
     return NormalizedImage(

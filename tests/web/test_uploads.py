@@ -10,6 +10,7 @@ import pytest
 from django.core.files.storage import default_storage
 from PIL import Image
 
+from bench import photos as bench_photos
 from detection.models import Job
 
 from .conftest import image_bytes, media_files, upload
@@ -83,6 +84,16 @@ def test_it_refuses_a_truncated_jpeg(alice_api) -> None:
     before = media_files()
     data = image_bytes(size=(300, 200), fmt="JPEG")
     assert_refused(post(alice_api, data[: len(data) // 2], "a.jpg"), 422, "corrupt_image", before)
+
+
+@pytest.mark.parametrize("kept", [0.25, 0.75, 0.999])
+def test_it_refuses_a_photo_cut_off_inside_its_scan_data(alice_api, kept: float) -> None:
+    # A plain JPEG is checked by decoding its stored bytes at 1/8 scale: every block of
+    # the scan is still decoded, so a photo cut off anywhere in it is refused.
+    before = media_files()
+    data = bench_photos.page_photo(3)
+    cut = data[: int(len(data) * kept)]
+    assert_refused(post(alice_api, cut, "page.jpg"), 422, "corrupt_image", before)
 
 
 def test_it_refuses_an_empty_file(alice_api) -> None:
