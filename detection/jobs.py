@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -28,6 +26,7 @@ from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 from PIL import Image
 
+from detection import live
 from detection.annotate import annotate
 from detection.models import TERMINAL, UNFINISHED, Job, Region, Stage, Status
 from detection.selectors import job_by_idempotency_key, job_group, job_payload
@@ -491,7 +490,7 @@ def _after_commit_publish(job: Job) -> None:
 def _publish(job_id: str, payload: dict | None) -> None:
     message = {"type": "job.update", "job": payload} if payload else {"type": "job.deleted"}
     try:
-        async_to_sync(get_channel_layer().group_send)(job_group(job_id), message)
+        live.group_send(job_group(job_id), message)
     except Exception:
         # Live updates are a convenience; the row is the truth and clients can poll.
         log.exception("could not publish job %s", job_id)
