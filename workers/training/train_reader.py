@@ -112,16 +112,42 @@ def negative_crop(rng: random.Random) -> np.ndarray:
 
 
 def _augment(crop: np.ndarray, rng: random.Random) -> np.ndarray:
-    """A little more variety than the renderer gives: width, blur, contrast."""
+    """More variety than the renderer gives, towards typefaces and photos it never drew:
+    width, slant, stroke weight, height and position in the line, a page photographed
+    small (down and up again), blur, contrast, noise and JPEG."""
     h, w = crop.shape
+    paper = int(np.median(crop))
     if rng.random() < 0.5:
-        w = max(4, round(w * rng.uniform(0.85, 1.15)))
+        w = max(4, round(w * rng.uniform(0.8, 1.2)))
         crop = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.3:  # slant, as italic or a sheared photo
+        shear = rng.uniform(-0.25, 0.25)
+        m = np.float32([[1, shear, -shear * h / 2], [0, 1, 0]])
+        crop = cv2.warpAffine(crop, m, (w, h), borderMode=cv2.BORDER_CONSTANT, borderValue=paper)
+    if rng.random() < 0.3:  # the glyphs smaller or larger in the line, moved up or down
+        scale = rng.uniform(0.8, 1.1)
+        dy = rng.uniform(-0.08, 0.08) * h
+        m = np.float32([[scale, 0, (1 - scale) * w / 2], [0, scale, (1 - scale) * h / 2 + dy]])
+        crop = cv2.warpAffine(crop, m, (w, h), borderMode=cv2.BORDER_CONSTANT, borderValue=paper)
+    if rng.random() < 0.2:  # heavier or lighter strokes (dark ink on light paper)
+        kernel = np.ones((2, 2), np.uint8)
+        crop = cv2.erode(crop, kernel) if rng.random() < 0.5 else cv2.dilate(crop, kernel)
+    if rng.random() < 0.25:  # a page photographed small
+        f = rng.uniform(0.35, 0.7)
+        small = cv2.resize(crop, (max(2, round(w * f)), max(2, round(h * f))), cv2.INTER_AREA)
+        crop = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     if rng.random() < 0.25:
         crop = cv2.GaussianBlur(crop, (0, 0), rng.uniform(0.4, 1.4))
     if rng.random() < 0.3:
         lo, hi = rng.uniform(0, 80), rng.uniform(170, 255)
         crop = (lo + crop.astype(np.float32) * (hi - lo) / 255).astype(np.uint8)
+    if rng.random() < 0.2:
+        noise = np.random.default_rng(rng.getrandbits(32)).normal(0, rng.uniform(3, 12), crop.shape)
+        crop = np.clip(crop + noise, 0, 255).astype(np.uint8)
+    if rng.random() < 0.2:
+        ok, data = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, rng.randint(25, 80)])
+        if ok:
+            crop = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
     return crop
 
 
