@@ -154,9 +154,11 @@ def read(claim: Claim, on_stage: Callable[[str], None]) -> Reading:
     so jobs whose clients never ask for it cost the GPU host nothing.
     """
     shared = batcher()
+    t0 = time.perf_counter()
     with default_storage.open(claim.image_name, "rb") as stored:
         image = Image.open(stored)
         image.load()
+    decode_ms = (time.perf_counter() - t0) * 1000
     ticket = shared.submit(image)
     try:
         result = ticket.wait(on_stage, timeout=settings.CELERY_TASK_SOFT_TIME_LIMIT)
@@ -183,9 +185,10 @@ def read(claim: Claim, on_stage: Callable[[str], None]) -> Reading:
         relevant=bool(c.relevant),
         pack_name=str(pipeline.pack.name),
         pack_version=str(pipeline.pack.version),
-        # Preparing the image for the models (done on this thread, before the batch) is
-        # part of the chain's own time: it counts with the first stage.
-        timings_ms=_with_prepare(dict(result.timings_ms), ticket.prepare_ms),
+        # Decoding the photo and preparing it for the models (done on this thread, before
+        # the batch) are part of the chain's own time, as in `bench.raw`: they count with
+        # the first stage.
+        timings_ms=_with_prepare(dict(result.timings_ms), decode_ms + ticket.prepare_ms),
         regions=regions if c.relevant else [],
     )
 

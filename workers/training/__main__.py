@@ -109,6 +109,7 @@ def cmd_train_detector(args: argparse.Namespace) -> None:
         seed=args.seed,
         lr=args.lr,
         init=Path(args.init) if args.init else None,
+        hard_share=args.hard_share,
     )
     print(json.dumps(stats))
 
@@ -256,6 +257,13 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--lr", type=float, default=2e-3)
     d.add_argument("--init", help="start from these weights (fine-tune) instead of from scratch")
+    d.add_argument(
+        "--hard-share",
+        type=float,
+        default=0.0,
+        help="with --init: this share of the crops on what the initial weights wrongly "
+        "took for a number (hard negatives, mined before training)",
+    )
     d.set_defaults(func=cmd_train_detector)
 
     t = sub.add_parser("train-reader", help="train the number reader (OCR)")

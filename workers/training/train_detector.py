@@ -43,17 +43,29 @@ def load_pages(
 
 
 def random_crop(
-    image: torch.Tensor, boxes: torch.Tensor, size: int, rng: random.Random
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    size: int,
+    rng: random.Random,
+    hard: torch.Tensor | None = None,
+    hard_share: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A size x size view at a random zoom; boxes cut by the edge are dropped."""
+    """A size x size view at a random zoom; boxes cut by the edge are dropped. With
+    `hard` (boxes where an earlier model saw a number that is not one), `hard_share` of
+    the views are placed on one of them."""
     zoom = math.exp(rng.uniform(math.log(0.75), math.log(1.35)))
     _, h, w = image.shape
     src = max(8, round(size / zoom))
     x0 = rng.randint(0, max(0, w - src))
     y0 = rng.randint(0, max(0, h - src))
+    focus = None
+    if hard is not None and len(hard) and rng.random() < hard_share:
+        focus = hard[rng.randrange(len(hard))]
     # Favour crops with numbers in them: most pages have few, in the left of a column.
-    if len(boxes) and rng.random() < 0.7:
-        bx0, by0, bx1, by1 = boxes[rng.randrange(len(boxes))].tolist()
+    elif len(boxes) and rng.random() < 0.7:
+        focus = boxes[rng.randrange(len(boxes))]
+    if focus is not None:
+        bx0, by0, bx1, by1 = focus.tolist()
         x0 = int(min(max(0, bx1 - rng.uniform(0.1, 0.9) * src), max(0, w - src)))
         y0 = int(min(max(0, by1 - rng.uniform(0.1, 0.9) * src), max(0, h - src)))
     crop = image[:, y0 : y0 + src, x0 : x0 + src].float() / 255.0
@@ -85,6 +97,27 @@ def random_crop(
     return crop.clamp(0, 1).contiguous(), b
 
 
+def mine_false_positives(
+    model: torch.nn.Module, items: list[tuple[torch.Tensor, torch.Tensor]], min_score: float
+) -> list[torch.Tensor]:
+    """Per image, the boxes `model` finds with at least `min_score` that overlap no true
+    box (IoU < 0.3): on rendered pages, mostly section headings set like a number."""
+    from torchvision.ops import box_iou
+
+    model.eval()
+    found = []
+    with torch.inference_mode():
+        for image, boxes in items:
+            out = model([image.float() / 255.0])[0]
+            keep = out["scores"] >= min_score
+            pred = out["boxes"][keep]
+            if len(pred) and len(boxes):
+                pred = pred[box_iou(pred, boxes).max(dim=1).values < 0.3]
+            found.append(pred)
+    model.train()
+    return found
+
+
 def train(
     data_dir: Path,
     out_file: Path,
@@ -97,6 +130,7 @@ def train(
     negatives: int = 200,
     seed: int = 0,
     init: Path | None = None,
+    hard_share: float = 0.0,
     log=partial(print, flush=True),
 ) -> dict:
     torch.manual_seed(seed)
@@ -107,6 +141,17 @@ def train(
     model = fasterrcnn_tiny(num_classes=len(CLASSES), image_size=image_size)
     if init is not None:  # go on from trained weights (fine-tuning) instead of from scratch
         model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+    hard: list[torch.Tensor | None] = [None] * len(items)
+    if hard_share and init is not None:
+        # Working scale for the whole page, as the chain runs it.
+        model.transform.min_size = (image_size,)
+        model.transform.max_size = image_size
+        hard = list(mine_false_positives(model, items, min_score=0.3))
+        pages_with = sum(1 for h in hard if h is not None and len(h))
+        log(
+            f"detector: {sum(len(h) for h in hard if h is not None)} false positives of the "
+            f"initial weights on {pages_with} images; {hard_share:.0%} of crops on them"
+        )
     model.transform.min_size = (crop,)
     model.transform.max_size = crop
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -123,8 +168,9 @@ def train(
     for step in range(iterations):
         images, targets = [], []
         for _ in range(batch):
-            image, boxes = items[rng.randrange(len(items))]
-            im, b = random_crop(image, boxes, crop, rng)
+            index = rng.randrange(len(items))
+            image, boxes = items[index]
+            im, b = random_crop(image, boxes, crop, rng, hard[index], hard_share)
             images.append(im)
             targets.append({"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64)})
         losses = model(images, targets)
@@ -149,5 +195,6 @@ def train(
         "batch": batch,
         "crop": crop,
         "init": str(init) if init else None,
+        "hard_share": hard_share,
         "seconds": round(time.perf_counter() - t0, 1),
     }
