@@ -109,15 +109,16 @@ def job_submit(owner: Any, image: NormalizedImage, idempotency_key: str = "") ->
     existing = job_by_idempotency_key(owner, idempotency_key)
     if existing is not None:
         return existing, False
-    # Unlocked first look, so that a user at the cap is refused before a file is written;
-    # the locked count inside the transaction below is the one that decides.
-    _check_unfinished_cap(owner, locked=False)
-
     job_id = uuid.uuid4()
-    name = default_storage.save(f"jobs/{job_id}/input.{image.extension}", ContentFile(image.data))
     try:
         with transaction.atomic():
+            # The cap is checked before the file is written, so a refused user leaves none;
+            # the file is written before the row that names it, inside the transaction
+            # (a failed commit removes it below).
             _check_unfinished_cap(owner)
+            name = default_storage.save(
+                f"jobs/{job_id}/input.{image.extension}", ContentFile(image.data)
+            )
             job = Job.objects.create(
                 id=job_id,
                 owner=owner,
@@ -142,7 +143,7 @@ def job_submit(owner: Any, image: NormalizedImage, idempotency_key: str = "") ->
     return job, True
 
 
-def _check_unfinished_cap(owner: Any, locked: bool = True) -> None:
+def _check_unfinished_cap(owner: Any) -> None:
     """Refuse a submit over the owner's cap on unfinished jobs; call inside the insert's
     transaction.
 
@@ -154,13 +155,12 @@ def _check_unfinished_cap(owner: Any, locked: bool = True) -> None:
     for as long as it stays wrong; and submits keep working while Redis is down.
     """
     limit = settings.SNAPREAD_MAX_UNFINISHED_JOBS
-    if locked:
-        with connection.cursor() as cursor:
-            # A hash collision only makes two owners' submits take turns.
-            cursor.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                [f"snapread:unfinished-cap:{owner.pk}"],
-            )
+    with connection.cursor() as cursor:
+        # A hash collision only makes two owners' submits take turns.
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            [f"snapread:unfinished-cap:{owner.pk}"],
+        )
     unfinished = Job.objects.filter(owner=owner, status__in=UNFINISHED).count()
     if unfinished >= limit:
         raise TooManyUnfinishedJobs(

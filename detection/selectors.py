@@ -44,6 +44,11 @@ def _time(value: datetime | None) -> str | None:
 def job_payload(job: Job) -> dict[str, Any]:
     """The job as the API, the WebSocket and the page show it."""
     job_id = str(job.id)
+    # Only a succeeded job has regions (they are written with that status and removed
+    # with it on a re-run): no query for the others, which are most of the updates.
+    stored = (
+        sorted(job.regions.all(), key=lambda r: r.index) if job.status == Status.SUCCEEDED else []
+    )
     regions = [
         {
             "index": r.index,
@@ -54,7 +59,7 @@ def job_payload(job: Job) -> dict[str, Any]:
             "confidence": r.confidence,
             "crop_url": reverse("region-crop", args=[job_id, r.index]) if r.crop else None,
         }
-        for r in sorted(job.regions.all(), key=lambda r: r.index)
+        for r in stored
     ]
     classification = None
     if job.classification_label:
