@@ -23,7 +23,7 @@ from detection.models import Job
 from detection.uploads import normalize_upload
 from project.asgi import application
 
-from .conftest import image_bytes, queued_job_without_message, upload
+from .conftest import image_bytes, media_files, queued_job_without_message, upload
 
 REPO = Path(__file__).resolve().parents[2]
 READING = jobs.Reading(
@@ -80,11 +80,13 @@ def test_the_cap_answers_429_naming_the_limit(alice_api, settings) -> None:
     settings.SNAPREAD_MAX_UNFINISHED_JOBS = 1
     alice_api.post("/api/v1/jobs/", {"image": upload(image_bytes())}, format="multipart")
 
+    before = media_files()
     response = alice_api.post("/api/v1/jobs/", {"image": upload(image_bytes())}, format="multipart")
 
     assert response.status_code == 429
     assert response.json()["detail"] == {"limit": 1}
     assert Job.objects.count() == 1
+    assert media_files() == before, "a refused submit left a file"
 
 
 @pytest.mark.django_db(transaction=True)
