@@ -89,17 +89,28 @@ def batcher() -> Batcher:
                 loaded,
                 max_batch=settings.SNAPREAD_BATCH_SIZE,
                 max_wait_ms=settings.SNAPREAD_BATCH_WAIT_MS,
+                overlap=overlap_for(loaded),
             )
             if settings.SNAPREAD_WARM_UP:
                 _warm_up(_batcher)
             _batcher.on_batch = metrics.observe_batch  # after the warm-up: real batches only
             log.info(
-                "reading chain loaded: %s %s, batches of up to %d",
+                "reading chain loaded: %s %s, batches of up to %d, halves %s",
                 loaded.pack.name,
                 loaded.pack.version,
                 _batcher.max_batch,
+                "overlapped" if _batcher.overlap else "in turn",
             )
         return _batcher
+
+
+def overlap_for(chain: Any) -> bool:
+    """SNAPREAD_BATCH_OVERLAP for this chain: "auto" overlaps unless it runs on the CPU."""
+    setting = settings.SNAPREAD_BATCH_OVERLAP
+    if setting != "auto":
+        return setting == "on"
+    device = getattr(chain, "device", None)
+    return getattr(device, "type", None) != "cpu"
 
 
 def chain() -> Any:

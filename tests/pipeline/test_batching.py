@@ -1,4 +1,5 @@
-"""workers.batching: tasks' images gathered into batches, the two halves overlapped."""
+"""workers.batching: tasks' images gathered into batches, the two halves overlapped or
+in turn."""
 
 from __future__ import annotations
 
@@ -58,9 +59,13 @@ def read_all(batcher: Batcher, images: list[int]) -> tuple[list[int], list[list[
     return results, stages
 
 
-def test_concurrent_submissions_share_a_batch_and_each_gets_its_own_answer() -> None:
+BOTH = pytest.mark.parametrize("overlap", [True, False], ids=["overlapped", "in-turn"])
+
+
+@BOTH
+def test_concurrent_submissions_share_a_batch_and_each_gets_its_own_answer(overlap) -> None:
     chain = RecordingChain(detect_s=0.05)
-    batcher = Batcher(chain, max_batch=4, max_wait_ms=200)
+    batcher = Batcher(chain, max_batch=4, max_wait_ms=200, overlap=overlap)
     results, stages = read_all(batcher, [1, 2, 3, 4, 5, 6, 7, 8])
     assert results == [2 * x + 1 for x in [1, 2, 3, 4, 5, 6, 7, 8]]
     assert all(s == ["classify", "detect", "crop", "ocr"] for s in stages)
@@ -77,9 +82,10 @@ def test_a_lone_image_does_not_wait_longer_than_the_batch_window() -> None:
     assert batcher.batch_sizes[1] == 2
 
 
-def test_one_bad_image_fails_only_its_own_job() -> None:
+@BOTH
+def test_one_bad_image_fails_only_its_own_job(overlap) -> None:
     chain = RecordingChain(bad=3)
-    batcher = Batcher(chain, max_batch=4, max_wait_ms=200)
+    batcher = Batcher(chain, max_batch=4, max_wait_ms=200, overlap=overlap)
     tickets = [batcher.submit(x) for x in [1, 2, 3, 4]]
     answers = []
     for ticket in tickets:
@@ -100,6 +106,16 @@ def test_the_accelerator_half_of_one_batch_overlaps_the_cpu_half_of_the_previous
     assert overlapping >= 2, (detects, finishes)
 
 
+def test_in_turn_the_halves_never_overlap_and_batches_still_form() -> None:
+    chain = RecordingChain(detect_s=0.05, finish_s=0.05)
+    batcher = Batcher(chain, max_batch=4, max_wait_ms=50, overlap=False)
+    results, _ = read_all(batcher, list(range(8)))
+    assert results == [2 * x + 1 for x in range(8)]
+    spans = sorted((a, b) for _, a, b in chain.spans)
+    assert all(b0 <= a1 for (_, b0), (a1, _) in zip(spans, spans[1:], strict=False)), spans
+    assert max(len(b) for b in chain.detect_batches) > 1
+
+
 def test_an_abandoned_ticket_is_skipped_and_a_raising_callback_abandons() -> None:
     chain = RecordingChain(detect_s=0.2)
     batcher = Batcher(chain, max_batch=1, max_wait_ms=0)
@@ -118,13 +134,14 @@ def test_an_abandoned_ticket_is_skipped_and_a_raising_callback_abandons() -> Non
     assert [2] not in chain.detect_batches
 
 
-def test_a_chain_without_halves_runs_whole() -> None:
+@BOTH
+def test_a_chain_without_halves_runs_whole(overlap) -> None:
     class WholeChain:
         def run(self, images, on_stage):  # type: ignore[no-untyped-def]
             on_stage("ocr")
             return [-x for x in images]
 
-    assert Batcher(WholeChain(), max_batch=4).read([1, 2, 3]) == [-1, -2, -3]
+    assert Batcher(WholeChain(), max_batch=4, overlap=overlap).read([1, 2, 3]) == [-1, -2, -3]
 
 
 def test_a_timeout_raises_and_abandons() -> None:
