@@ -25,26 +25,43 @@ SEND_TIMEOUT_S = 2.0
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
-_loop_pid = 0
+
+
+def _forget_after_fork() -> None:
+    # The loop's thread did not survive the fork, and the lock may have been held by
+    # another thread at that moment: a child starts afresh.
+    global _lock, _loop
+    _lock = threading.Lock()
+    _loop = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _publisher_loop() -> asyncio.AbstractEventLoop:
-    """This process's loop (a forked child starts its own: threads do not survive fork)."""
-    global _loop, _loop_pid
+    """This process's loop, started on first use."""
+    global _loop
     with _lock:
-        if _loop is None or _loop_pid != os.getpid() or _loop.is_closed():
+        if _loop is None or _loop.is_closed():
             loop = asyncio.new_event_loop()
             thread = threading.Thread(
                 target=loop.run_forever, name="snapread-live-updates", daemon=True
             )
             thread.start()
-            _loop, _loop_pid = loop, os.getpid()
+            _loop = loop
         return _loop
 
 
 def group_send(group: str, message: dict) -> None:
     """Send `message` to `group` and wait until the channel layer has it. Raises what
-    the send raised, or TimeoutError after SEND_TIMEOUT_S (the send is then dropped)."""
+    the send raised, or TimeoutError after SEND_TIMEOUT_S (the send is then dropped).
+    Synchronous callers only: code on an event loop awaits the channel layer itself."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError("live.group_send would block a running event loop; await instead")
     future = asyncio.run_coroutine_threadsafe(
         get_channel_layer().group_send(group, message), _publisher_loop()
     )

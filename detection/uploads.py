@@ -7,7 +7,8 @@ it fully decoded, turned upright and stripped of metadata.
 An upright baseline or progressive JPEG (most phone photos) is stripped without being
 encoded again: its segments are rewritten without APPn (EXIF, GPS, XMP, ICC, MPF) and
 comment segments and without anything after the end marker, and it is *those* bytes that
-are fully decoded, so what is stored is exactly what was checked. Re-encoding it would
+are decoded (every block of the scan, to pixels at 1/8 scale), so what is stored is
+exactly what was checked. Re-encoding it would
 cost as much CPU as decoding it, lose a generation of quality and grow the file. Every
 other image (turned by its EXIF orientation, CMYK, PNG, WebP, arithmetic-coded JPEG) is
 decoded, turned upright and encoded again by us, as before.
@@ -121,9 +122,11 @@ def _checked_as_stored(stripped: bytes, original: Image.Image) -> NormalizedImag
     """Fully decode the stripped JPEG, the bytes that will be stored, and describe it.
 
     Every block of its entropy-coded data is decoded, but to pixels at 1/8 of the size
-    (libjpeg's DCT scaling, PIL's `draft`): a truncated or corrupt stream is refused
-    exactly as by a full-size decode, at about 40 % of the CPU (the pixels are not used;
-    the worker decodes the stored file itself).
+    (libjpeg's DCT scaling, PIL's `draft`): it refuses what a full-size decode refuses
+    (a stream that ends before its last block, bad tables), at about 40 % of the CPU
+    (the pixels are not used; the worker decodes the stored file itself). Like a
+    full-size decode, it accepts a scan cut short but closed by an end marker: libjpeg
+    only warns and fills the missing blocks with grey.
     """
     with Image.open(io.BytesIO(stripped), formats=["JPEG"]) as image:
         if image.size != original.size or image.mode != original.mode:

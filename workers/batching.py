@@ -202,6 +202,7 @@ class Batcher:
                 results = self.chain.finish(detected, _broadcast(group))
             else:
                 results = self.chain.run([t.image for t in group], _broadcast(group))
+            answers = list(zip(group, results, strict=True))
         except Exception as exc:
             if len(group) == 1:
                 group[0]._resolve(error=exc)
@@ -210,7 +211,7 @@ class Batcher:
             for ticket in group:
                 self._run_alone(ticket)
             return
-        for ticket, result in zip(group, results, strict=True):
+        for ticket, result in answers:
             ticket._resolve(result)
 
     def _run_alone(self, ticket: Ticket) -> None:

@@ -3,9 +3,11 @@ order, over connections the process keeps, also in a forked child."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import threading
 
+import pytest
 import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -18,7 +20,7 @@ def receive_all(channel: str, n: int) -> list[dict]:
     layer = get_channel_layer()
 
     async def drain() -> list[dict]:
-        return [await layer.receive(channel) for _ in range(n)]
+        return [await asyncio.wait_for(layer.receive(channel), timeout=10) for _ in range(n)]
 
     return async_to_sync(drain)()
 
@@ -52,8 +54,9 @@ def test_updates_from_a_thread_arrive_in_order_over_kept_connections() -> None:
     worker.join()
 
     assert [m["n"] for m in receive_all(channel, 31)] == [-1, *range(30)]
-    # async_to_sync from a thread without a loop opened a connection for every send.
-    assert connections_received() - opened <= 2
+    # async_to_sync from a thread without a loop opened a connection for every send (30);
+    # the margin is for other clients of the same server.
+    assert connections_received() - opened <= 5
 
 
 def _send_in_child(group: str) -> None:
@@ -69,6 +72,16 @@ def test_a_forked_child_sends_on_a_loop_of_its_own() -> None:
     )
     child.start()
     child.join(timeout=20)
+    if child.is_alive():
+        child.kill()
 
     assert child.exitcode == 0
     assert [m["n"] for m in receive_all(channel, 2)] == ["parent", "child"]
+
+
+def test_it_refuses_to_block_a_running_event_loop() -> None:
+    async def on_a_loop() -> None:
+        live.group_send("job.live-refused", {"type": "job.update"})
+
+    with pytest.raises(RuntimeError, match="running event loop"):
+        asyncio.run(on_a_loop())

@@ -12,6 +12,7 @@ from PIL import Image
 
 from bench import photos as bench_photos
 from detection.models import Job
+from detection.uploads import _checked_as_stored, jpeg_without_metadata
 
 from .conftest import image_bytes, media_files, upload
 
@@ -88,12 +89,24 @@ def test_it_refuses_a_truncated_jpeg(alice_api) -> None:
 
 @pytest.mark.parametrize("kept", [0.25, 0.75, 0.999])
 def test_it_refuses_a_photo_cut_off_inside_its_scan_data(alice_api, kept: float) -> None:
-    # A plain JPEG is checked by decoding its stored bytes at 1/8 scale: every block of
-    # the scan is still decoded, so a photo cut off anywhere in it is refused.
     before = media_files()
     data = bench_photos.page_photo(3)
     cut = data[: int(len(data) * kept)]
     assert_refused(post(alice_api, cut, "page.jpg"), 422, "corrupt_image", before)
+
+
+@pytest.mark.parametrize("kept", [0.25, 0.75, 0.999])
+def test_the_eighth_scale_check_of_a_stripped_jpeg_refuses_a_cut_scan(kept: float) -> None:
+    # The upright-JPEG path checks the stripped bytes by decoding them at 1/8 scale;
+    # every block of the scan is still decoded, so one cut short is refused there too.
+    data = bench_photos.page_photo(3)
+    stripped = jpeg_without_metadata(data)
+    assert stripped is not None
+    cut = stripped[: int(len(stripped) * kept)]
+    with Image.open(io.BytesIO(data)) as original:
+        assert _checked_as_stored(stripped, original).data == stripped
+        with pytest.raises(OSError, match="truncated"):
+            _checked_as_stored(cut, original)
 
 
 def test_it_refuses_an_empty_file(alice_api) -> None:

@@ -100,6 +100,9 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
 def cmd_train_detector(args: argparse.Namespace) -> None:
     from workers.training.train_detector import train
 
+    if args.hard_share and not args.init:
+        raise SystemExit("train-detector: --hard-share needs --init (the weights to mine with)")
+
     stats = train(
         Path(args.data),
         Path(args.out),

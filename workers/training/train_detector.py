@@ -150,7 +150,8 @@ def train(
         pages_with = sum(1 for h in hard if h is not None and len(h))
         log(
             f"detector: {sum(len(h) for h in hard if h is not None)} false positives of the "
-            f"initial weights on {pages_with} images; {hard_share:.0%} of crops on them"
+            f"initial weights on {pages_with} images; {hard_share:.0%} of the crops of "
+            "those images are placed on them"
         )
     model.transform.min_size = (crop,)
     model.transform.max_size = crop
