@@ -45,6 +45,7 @@ def _render_page(job: tuple[str, int, str]) -> dict:
         "file": name,
         "seed": seed,
         "numbers": [{"box": [round(v, 2) for v in box], "text": t} for box, t in sample.numbers],
+        "blur": sample.blur,
     }
 
 

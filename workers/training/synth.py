@@ -41,6 +41,7 @@ class FontSet:
 class PageSample:
     image: Image.Image
     numbers: list[tuple[Box, str]]
+    blur: float = 0.0  # the Gaussian blur of the photo (sigma, pixels), for evaluation
 
 
 OLDSTYLE_FAMILIES = ("EB Garamond", "Linux Libertine O", "Linux Biolinum O", "TeX Gyre Pagella")
@@ -483,7 +484,7 @@ def _photograph(rng: random.Random, page: Image.Image, numbers: list[tuple[Box, 
             # Cut by the frame: unreadable, so paint it out of the labels by dropping it
             # only when mostly outside; partly visible numbers stay unlabelled.
             pass
-    return im, boxes
+    return im, boxes, float(blur)
 
 
 def render_page(seed: int, fontset: FontSet) -> PageSample:
@@ -491,8 +492,8 @@ def render_page(seed: int, fontset: FontSet) -> PageSample:
     width = rng.randint(1000, 1400)
     height = int(width * rng.uniform(1.35, 1.5))
     page, numbers, _ = _layout_page(rng, fontset, width, height)
-    image, boxes = _photograph(rng, page, numbers)
-    return PageSample(image, boxes)
+    image, boxes, blur = _photograph(rng, page, numbers)
+    return PageSample(image, boxes, blur)
 
 
 @lru_cache(maxsize=1)
