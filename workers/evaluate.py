@@ -84,6 +84,7 @@ def evaluate(pipeline: Pipeline, data_dir: Path, limit: int | None = None) -> di
     scored: list[tuple[float, bool]] = []
     positives = tp = fp = 0
     misses: list[dict] = []
+    by_blur: dict[float, tuple[int, int]] = {}  # blur sigma: (numbers read right, numbers)
     t0 = time.perf_counter()
 
     def run(image):
@@ -110,6 +111,9 @@ def evaluate(pipeline: Pipeline, data_dir: Path, limit: int | None = None) -> di
         hits = number_hits(read, truths)
         tp += sum(hits)
         fp += len(hits) - sum(hits)
+        if label.blur is not None:
+            found, total = by_blur.get(label.blur, (0, 0))
+            by_blur[label.blur] = (found + sum(hits), total + len(truths))
         if len(misses) < 50 and (sum(hits) < len(truths) or not all(hits)):
             misses.append(
                 {
@@ -134,6 +138,11 @@ def evaluate(pipeline: Pipeline, data_dir: Path, limit: int | None = None) -> di
         "numbers": positives,
         "number_precision": round(tp / max(1, tp + fp), 4),
         "number_recall": round(tp / max(1, positives), 4),
+        # Where the set records each photo's blur: recall by blur sigma (pixels).
+        "number_recall_by_blur": {
+            f"{blur:g}": {"numbers": total, "recall": round(found / max(1, total), 4)}
+            for blur, (found, total) in sorted(by_blur.items())
+        },
         "stage_ms_mean": {k: round(float(np.mean(v)), 2) for k, v in stage_ms.items()},
         "seconds": round(time.perf_counter() - t0, 1),
         "pack": f"{pipeline.pack.name} {pipeline.pack.version}",

@@ -169,6 +169,11 @@ def test_the_threshold_sweep_agrees_with_the_evaluation_at_the_packs_thresholds(
         report["number_precision"],
         report["number_recall"],
     )
+    # The recall by photo blur covers every number of the set and adds up to the whole.
+    parts = report["number_recall_by_blur"].values()
+    assert sum(p["numbers"] for p in parts) == report["numbers"]
+    read_right = sum(round(p["recall"] * p["numbers"]) for p in parts)
+    assert read_right == round(report["number_recall"] * report["numbers"])
     strictest = [r for r in table if r["score_threshold"] == 0.99 and r["min_confidence"] == 99.0]
     assert strictest[0]["recall"] <= row["recall"]
     # The sweep leaves the pipeline as it found it.

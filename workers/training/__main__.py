@@ -189,6 +189,24 @@ def cmd_reference(args: argparse.Namespace) -> None:
             ],
         ),
         (
+            "fine-tune-detector",
+            [
+                "train-detector",
+                "--data",
+                str(data / "train"),
+                "--out",
+                str(work / "detector-ft.pt"),
+                "--init",
+                str(work / "detector.pt"),
+                "--lr",
+                str(args.finetune_lr),
+                "--iterations",
+                str(args.finetune_iterations),
+                "--hard-share",
+                str(args.hard_share),
+            ],
+        ),
+        (
             "train-reader",
             [
                 "train-reader",
@@ -207,7 +225,7 @@ def cmd_reference(args: argparse.Namespace) -> None:
                 "--classifier",
                 str(work / "classifier.pt"),
                 "--detector",
-                str(work / "detector.pt"),
+                str(work / "detector-ft.pt"),
                 "--reader",
                 str(work / "reader.pt"),
                 "--out",
@@ -299,7 +317,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--pages", type=int, default=1500)
     r.add_argument("--negatives", type=int, default=1500)
     r.add_argument("--iterations", type=int, default=3000)
-    r.add_argument("--reader-steps", type=int, default=6000)
+    r.add_argument("--finetune-iterations", type=int, default=1000)
+    r.add_argument("--finetune-lr", type=float, default=5e-4)
+    r.add_argument("--hard-share", type=float, default=0.3)
+    r.add_argument("--reader-steps", type=int, default=10000)
     r.add_argument("--name", default="reference")
     r.add_argument("--version", default="1.0.0")
     r.set_defaults(func=cmd_reference)

@@ -32,6 +32,7 @@ class PageLabel:
     file: str
     seed: int
     numbers: list[tuple[tuple[float, float, float, float], str]]
+    blur: float | None = None  # the photo's blur (sigma, pixels), where the set records it
 
 
 def _render_page(job: tuple[str, int, str]) -> dict:
@@ -86,7 +87,7 @@ def read_labels(data_dir: Path) -> list[PageLabel]:
         for line in fh:
             row = json.loads(line)
             numbers = [(tuple(n["box"]), n["text"]) for n in row["numbers"]]
-            labels.append(PageLabel(row["file"], row["seed"], numbers))  # type: ignore[arg-type]
+            labels.append(PageLabel(row["file"], row["seed"], numbers, row.get("blur")))  # type: ignore[arg-type]
     return labels
 
 
