@@ -26,8 +26,8 @@ def pages():
 
 
 def test_it_reads_the_numbers_on_rendered_pages(pipeline: Pipeline, pages) -> None:
-    # A regression guard below what pack 1.1.0 reads (held-out recall 0.89, precision
-    # 0.96, docs/models.md; on these six pages 57 of 67 and 57 of 60 read); the product's
+    # A regression guard below what pack 1.2.0 reads (held-out recall 0.90, precision
+    # 0.976, docs/models.md; on these six pages 59 of 67 and 59 of 63 read); the product's
     # targets are measured by workers.evaluate.
     results = pipeline.run([p.image for p in pages])
     truth = read = correct = 0
@@ -37,8 +37,8 @@ def test_it_reads_the_numbers_on_rendered_pages(pipeline: Pipeline, pages) -> No
         got = [(r.box, canonical(r.text)) for r in result.regions if r.text]
         hits = number_hits(got, truths)
         truth, read, correct = truth + len(truths), read + len(got), correct + sum(hits)
-    assert correct / truth >= 0.75, f"recall {correct}/{truth}"
-    assert correct / read >= 0.85, f"precision {correct}/{read}"
+    assert correct / truth >= 0.8, f"recall {correct}/{truth}"
+    assert correct / read >= 0.88, f"precision {correct}/{read}"
 
 
 def test_it_answers_the_same_for_the_same_image(pipeline: Pipeline, pages) -> None:

@@ -135,11 +135,18 @@ def cmd_train_reader(args: argparse.Namespace) -> None:
 def cmd_pack(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.classifier, out / "classifier.pt")
-    shutil.copyfile(args.detector, out / "detector.pt")
+
+    def put(source: str, name: str) -> None:
+        # A new pack may keep a model of the pack it replaces, in place.
+        target = out / name
+        if not (target.exists() and os.path.samefile(source, target)):
+            shutil.copyfile(source, target)
+
+    put(args.classifier, "classifier.pt")
+    put(args.detector, "detector.pt")
     files = ["classifier.pt", "detector.pt"]
     if args.reader:
-        shutil.copyfile(args.reader, out / "reader.pt")
+        put(args.reader, "reader.pt")
         files.append("reader.pt")
     manifest = reference_manifest(args.name, args.version, "ctc" if args.reader else "tesserocr")
     path = write_manifest(out, manifest, files)
