@@ -237,13 +237,8 @@ SNAPREAD_BATCH_SIZE = env_int("SNAPREAD_BATCH_SIZE", 8)
 SNAPREAD_BATCH_WAIT_MS = env_int("SNAPREAD_BATCH_WAIT_MS", 5)
 SNAPREAD_WARM_UP = env_bool("SNAPREAD_WARM_UP", True)
 # The accelerator half of a batch (classify, detect) overlapped with the CPU half (crop,
-# OCR) of the one before: "auto" overlaps unless the chain runs on the CPU, where the
-# two halves would only share the same cores.
-SNAPREAD_BATCH_OVERLAP = env_str("SNAPREAD_BATCH_OVERLAP", "auto")
-if SNAPREAD_BATCH_OVERLAP not in ("auto", "on", "off"):
-    raise ImproperlyConfigured(
-        f"SNAPREAD_BATCH_OVERLAP={SNAPREAD_BATCH_OVERLAP!r}: use auto, on or off."
-    )
+# OCR) of the one before. Off runs both halves in turn on one thread.
+SNAPREAD_BATCH_OVERLAP = env_bool("SNAPREAD_BATCH_OVERLAP", True)
 if SNAPREAD_BATCH_SIZE < 1 or SNAPREAD_BATCH_WAIT_MS < 0:
     raise ImproperlyConfigured("SNAPREAD_BATCH_SIZE must be >= 1 and SNAPREAD_BATCH_WAIT_MS >= 0.")
 

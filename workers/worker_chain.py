@@ -89,7 +89,7 @@ def batcher() -> Batcher:
                 loaded,
                 max_batch=settings.SNAPREAD_BATCH_SIZE,
                 max_wait_ms=settings.SNAPREAD_BATCH_WAIT_MS,
-                overlap=overlap_for(loaded),
+                overlap=settings.SNAPREAD_BATCH_OVERLAP,
             )
             if settings.SNAPREAD_WARM_UP:
                 _warm_up(_batcher)
@@ -102,15 +102,6 @@ def batcher() -> Batcher:
                 "overlapped" if _batcher.overlap else "in turn",
             )
         return _batcher
-
-
-def overlap_for(chain: Any) -> bool:
-    """SNAPREAD_BATCH_OVERLAP for this chain: "auto" overlaps unless it runs on the CPU."""
-    setting = settings.SNAPREAD_BATCH_OVERLAP
-    if setting != "auto":
-        return setting == "on"
-    device = getattr(chain, "device", None)
-    return getattr(device, "type", None) != "cpu"
 
 
 def chain() -> Any:

@@ -4,8 +4,6 @@ read_job runs in-process here with the FAKE chain (two regions per image)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 from django.db import OperationalError
 
@@ -55,22 +53,3 @@ def test_a_database_error_mid_chain_leaves_the_job_to_the_sweeper(alice, monkeyp
     assert read_job(str(job.id)) == "database_error"
     job.refresh_from_db()
     assert (job.status, job.error_code) == (Status.RUNNING, "")
-
-
-@pytest.mark.parametrize(
-    ("setting", "device", "overlap"),
-    [
-        ("auto", "cpu", False),
-        ("auto", "cuda", True),
-        ("on", "cpu", True),
-        ("off", "cuda", False),
-    ],
-)
-def test_the_batch_halves_overlap_unless_the_chain_runs_on_the_cpu(
-    settings, setting: str, device: str, overlap: bool
-) -> None:
-    import torch
-
-    settings.SNAPREAD_BATCH_OVERLAP = setting
-    chain = SimpleNamespace(device=torch.device(device))
-    assert worker_chain.overlap_for(chain) is overlap
