@@ -36,6 +36,40 @@ READ_JOB_TASK = "workers.tasks.read_job"
 log = logging.getLogger(__name__)
 
 
+def _broker_loss_stays_recoverable() -> None:
+    """Keep a worker alive through a Redis restart that finds tasks unacknowledged.
+
+    On a broker connection loss Celery collects the connection, then closes it, ignoring
+    connection errors. Closing kombu's Redis channel restores its unacknowledged messages
+    through the channel's transport; once the connection has been collected that
+    transport has no client, and building its connection parameters raised
+    AttributeError ('NoneType' object has no attribute 'hostname'). Celery took that for
+    an unrecoverable error and the worker exited (seen in the fault suite: Redis killed
+    with five tasks unacked; kombu 5.7, Celery 5.7). Raising the transport's own
+    connection error instead lets Celery ignore it and reconnect. The messages that were
+    not restored are in Redis's unacked index (restored after the visibility timeout) or,
+    with Redis restarted empty, gone; the sweeper re-sends every job still queued.
+    """
+    from kombu.transport import redis as kombu_redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    channel = kombu_redis.Channel
+    if getattr(channel._connparams, "_snapread", False):
+        return
+    original = channel._connparams
+
+    def _connparams(self: Any, asynchronous: bool = False) -> dict:
+        if getattr(self.connection, "client", None) is None:
+            raise RedisConnectionError("the broker connection was closed after a loss")
+        return original(self, asynchronous=asynchronous)
+
+    _connparams._snapread = True  # type: ignore[attr-defined]
+    channel._connparams = _connparams
+
+
+_broker_loss_stays_recoverable()
+
+
 @after_setup_logger.connect
 def _make_beat_schedule_dir(**_: object) -> None:
     # Beat opens its schedule file before any beat signal fires; logging setup comes first.
