@@ -7,8 +7,8 @@ waiting at most `max_wait_ms` after the first, and runs the chain's accelerator 
 and is at once free for the next batch, so the GPU does not wait for Tesseract.
 
 With `overlap` off (`SNAPREAD_BATCH_OVERLAP=0`), one thread runs both halves of each
-batch in turn. Even on a CPU-only host the overlap pays a little: on 2 cores bench.raw
-read 1.03-1.12x as many photos a second overlapped as in turn.
+batch in turn. On a CPU-only host the two modes measured within noise of each other
+(bench.raw on 2 cores); the overlap is what pays with a GPU.
 
 Stage names travel back through each ticket: the task thread, not these two threads,
 records them in the database, so a slow write never holds up a batch. A batch that raises
