@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -141,16 +142,15 @@ def train(
     model = fasterrcnn_tiny(num_classes=len(CLASSES), image_size=image_size)
     if init is not None:  # go on from trained weights (fine-tuning) instead of from scratch
         model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
-    hard: list[torch.Tensor | None] = [None] * len(items)
+    hard: Sequence[torch.Tensor | None] = [None] * len(items)
     if hard_share and init is not None:
         # Working scale for the whole page, as the chain runs it.
         model.transform.min_size = (image_size,)
         model.transform.max_size = image_size
-        hard = list(mine_false_positives(model, items, min_score=0.3))
-        pages_with = sum(1 for h in hard if h is not None and len(h))
+        hard = mined = mine_false_positives(model, items, min_score=0.3)
         log(
-            f"detector: {sum(len(h) for h in hard if h is not None)} false positives of the "
-            f"initial weights on {pages_with} images; {hard_share:.0%} of the crops of "
+            f"detector: {sum(len(h) for h in mined)} false positives of the initial weights "
+            f"on {sum(1 for h in mined if len(h))} images; {hard_share:.0%} of the crops of "
             "those images are placed on them"
         )
     model.transform.min_size = (crop,)
