@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -41,14 +42,16 @@ def _time(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def job_payload(job: Job) -> dict[str, Any]:
-    """The job as the API, the WebSocket and the page show it."""
+def job_payload(job: Job, regions: Sequence[Region] | None = None) -> dict[str, Any]:
+    """The job as the API, the WebSocket and the page show it; ``regions``, when the
+    caller has just written them, saves reading them back."""
     job_id = str(job.id)
     # Only a succeeded job has regions (they are written with that status and removed
     # with it on a re-run): no query for the others, which are most of the updates.
-    stored = (
-        sorted(job.regions.all(), key=lambda r: r.index) if job.status == Status.SUCCEEDED else []
-    )
+    if job.status != Status.SUCCEEDED:
+        stored = []
+    else:
+        stored = sorted(job.regions.all() if regions is None else regions, key=lambda r: r.index)
     regions = [
         {
             "index": r.index,

@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from detection import jobs
 from detection.models import Job, Region, Status
+from detection.selectors import job_payload
 
 from .conftest import queued_job_without_message
 
@@ -45,6 +47,53 @@ def test_it_records_stages_and_renews_the_lease(alice) -> None:
     job.refresh_from_db()
     assert job.stage == "detect"
     assert job.lease_expires_at > timezone.now()
+
+
+def test_a_claim_and_a_stage_are_one_statement_each_and_publish_the_row_they_wrote(
+    alice, monkeypatch, django_capture_on_commit_callbacks
+) -> None:
+    published: list[dict] = []
+    monkeypatch.setattr(jobs, "_publish", lambda job_id, payload: published.append(payload))
+    job = queued_job_without_message(alice)
+
+    with (
+        CaptureQueriesContext(connection) as queries,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        claim = jobs.job_claim(job.id, "w1")
+        assert jobs.job_advance_stage(claim, "detect")
+
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["UPDATE", "UPDATE"]
+    assert [(p["status"], p["stage"]) for p in published] == [
+        ("running", None),
+        ("running", "detect"),
+    ]
+    assert claim is not None and claim.attempt == 1
+
+
+def test_the_finished_job_is_published_with_the_regions_just_written(
+    alice, monkeypatch, django_capture_on_commit_callbacks
+) -> None:
+    published: list[dict] = []
+    monkeypatch.setattr(jobs, "_publish", lambda job_id, payload: published.append(payload))
+    job = queued_job_without_message(alice)
+    claim = jobs.job_claim(job.id, "w1")
+    region = jobs.RegionReading(
+        box=(1.0, 2.0, 30.0, 20.0), label="number", score=0.95, text="3.14", confidence=97.0,
+        crop_png=b"\x89PNG",
+    )  # fmt: skip
+    reading = jobs.Reading(
+        label="page", score=0.9, relevant=True, pack_name="p", pack_version="1",
+        regions=[region, region],
+    )  # fmt: skip
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert jobs.job_complete(claim, reading)
+
+    [finished] = published
+    stored = Job.objects.get(id=job.id)
+    assert finished == job_payload(stored)  # what a reader of the row sees
+    assert [r["text"] for r in finished["regions"]] == ["3.14", "3.14"]
 
 
 def test_it_refuses_an_unknown_stage(alice) -> None:
