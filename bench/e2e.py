@@ -25,6 +25,7 @@ import io
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -40,7 +41,7 @@ from typing import Any
 import requests
 from websockets.sync.client import connect
 
-from bench.stack import BenchStack, Process, make_users
+from bench.stack import BenchStack, Process, cpu_seconds, make_users, servers_named
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "latest.json"
@@ -162,7 +163,7 @@ class Stack:
 
     def __enter__(self) -> Stack:
         self.bench.__enter__()
-        self.bench.start_web()
+        self.web = self.bench.start_web()
         [self.token] = make_users(1, "bench-e2e-")
         return self
 
@@ -284,6 +285,7 @@ class Stack:
                 statuses.append(job["status"])
 
         watchers: list[threading.Thread] = []
+        cpu0 = self.cpu_account()
         t0 = time.perf_counter()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(one, photos))
@@ -291,11 +293,31 @@ class Stack:
         for watcher in watchers:
             watcher.join()
         elapsed = max(seen) - t0
+        cpu = {k: v - cpu0[k] for k, v in self.cpu_account().items()}
         return {
             "images_per_s": len(photos) / elapsed,
             "seconds": elapsed,
             "upload_seconds": uploaded - t0,
             "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
+            # Where the machine's CPU went while the photos went through: CPU ms per photo
+            # of each part, and what the cores could give in that time.
+            "cpu_ms_per_image": {k: round(1000 * v / len(photos), 1) for k, v in cpu.items()},
+            "cpu_ms_per_image_available": round(
+                1000 * elapsed * (os.cpu_count() or 1) / len(photos), 1
+            ),
+        }
+
+    def cpu_account(self) -> dict[str, float]:
+        """CPU seconds so far of each part on the machine: the worker, the web process,
+        PostgreSQL (every postgres process), the private Redis, and this client."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        redis = self.bench.redis_server
+        return {
+            "worker": cpu_seconds(self.worker.pid) if self.worker else 0.0,
+            "web": cpu_seconds(self.web.pid),
+            "postgres": sum(cpu_seconds(pid) for pid in servers_named("postgres")),
+            "redis": cpu_seconds(redis.pid) if redis is not None else 0.0,
+            "client": usage.ru_utime + usage.ru_stime,
         }
 
     def added_latency(self, photos: list[bytes]) -> dict[str, Any]:

@@ -74,6 +74,32 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of a server: the process and every process under it
+    (a server with worker processes), from /proc/<pid>/stat; processes that have exited
+    count in their parent's (a database connection that closed)."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def servers_named(name: str) -> list[int]:
+    """The top processes named ``name`` (a server's main process, not its children):
+    ``cpu_seconds`` of each counts the server whole."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            head, tail = stat.read_text().rsplit(")", 1)
+            if head.split("(", 1)[1] == name:
+                parents[int(stat.parent.name)] = int(tail.split()[1])
+    return [pid for pid, parent in parents.items() if parent not in parents]
+
+
 def machine_load() -> str:
     """What else the machine was doing: the 1/5/15-minute load averages and the cores."""
     one, five, fifteen = os.getloadavg()

@@ -44,6 +44,7 @@ from bench.photos import multipart_body, page_photo
 from bench.stack import (
     BenchStack,
     add_stack_arguments,
+    cpu_seconds,
     machine_load,
     make_users,
     process_tree,
@@ -77,21 +78,6 @@ class Phase:
             "client_errors": dict(self.errors),
             "web_cpu_ms_per_request": round(1000 * self.web_cpu_s / done, 2) if done else None,
         }
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time so far of a server: the process and every process under it
-    (a server with worker processes), from /proc/<pid>/stat."""
-    import os
-
-    total = 0
-    for p in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 class RssSampler:
