@@ -6,7 +6,13 @@ import re
 
 import numpy as np
 
-from workers.training.synth import fonts, render_negative, render_page
+from workers.training.synth import (
+    HELDOUT_FAMILIES,
+    _installed_faces,
+    fonts,
+    render_negative,
+    render_page,
+)
 
 
 def test_it_renders_the_same_page_for_the_same_seed() -> None:
@@ -30,6 +36,16 @@ def test_it_keeps_training_and_held_out_fonts_apart() -> None:
     assert train and heldout
     assert not {f.regular for f in train} & {f.regular for f in heldout}
     assert any(f.oldstyle for f in heldout), "held-out fonts must include old-style figures"
+
+
+def test_the_held_out_fonts_are_the_named_families_whatever_else_is_installed() -> None:
+    # requirements/apt.txt installs more families than the held-out set names; every one
+    # of them is for training, so installing fonts never changes the held-out photos.
+    installed = {family for family, _ in _installed_faces()}
+    assert installed - HELDOUT_FAMILIES, "expected training-only families"
+    assert installed >= HELDOUT_FAMILIES, sorted(HELDOUT_FAMILIES - installed)
+    assert len(fonts("heldout").faces) == len(HELDOUT_FAMILIES)
+    assert len(fonts("train").faces) == len(installed - HELDOUT_FAMILIES)
 
 
 def test_it_renders_negatives_of_varied_sizes() -> None:
