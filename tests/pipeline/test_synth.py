@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 
 from workers.training.synth import (
-    HELDOUT_FAMILIES,
-    _installed_faces,
+    HELDOUT_FACES,
+    LOOKALIKES,
     fonts,
     render_negative,
     render_page,
@@ -38,14 +39,16 @@ def test_it_keeps_training_and_held_out_fonts_apart() -> None:
     assert any(f.oldstyle for f in heldout), "held-out fonts must include old-style figures"
 
 
-def test_the_held_out_fonts_are_the_named_families_whatever_else_is_installed() -> None:
+def test_the_held_out_faces_are_the_named_files_and_training_never_sees_them() -> None:
     # requirements/apt.txt installs more families than the held-out set names; every one
     # of them is for training, so installing fonts never changes the held-out photos.
-    installed = {family for family, _ in _installed_faces()}
-    assert installed - HELDOUT_FAMILIES, "expected training-only families"
-    assert installed >= HELDOUT_FAMILIES, sorted(HELDOUT_FAMILIES - installed)
-    assert len(fonts("heldout").faces) == len(HELDOUT_FAMILIES)
-    assert len(fonts("train").faces) == len(installed - HELDOUT_FAMILIES)
+    heldout = {Path(f.regular).name for f in fonts("heldout").faces}
+    assert heldout == {regular for regular, _ in HELDOUT_FACES.values()}
+    training = fonts("train").faces
+    assert len(training) > 2 * len(HELDOUT_FACES)
+    names = {Path(p).name for f in training for p in (f.regular, f.bold)}
+    assert not names & {name for files in HELDOUT_FACES.values() for name in files}
+    assert not any(f.startswith(LOOKALIKES) for f in names), "a look-alike of a held-out face"
 
 
 def test_it_renders_negatives_of_varied_sizes() -> None:

@@ -70,79 +70,109 @@ SKIP_FAMILIES = (
 EXTREME_WEIGHTS = ("thin", "extralight", "hairline", "extrabold", "black", "heavy")
 
 
+# The held-out faces, named by file: the held-out photos never change with the fonts
+# installed or the order fontconfig lists them in. (The families were first drawn by a
+# hash of the family name, a quarter of those installed then, with EB Garamond and Linux
+# Biolinum O put here so that old-style figures are seen only at evaluation; the files
+# are the regular and bold each family gave then.)
+HELDOUT_FACES = {
+    "C059": ("C059-Roman.otf", "C059-Bold.otf"),
+    "Caladea": ("Caladea-Regular.ttf", "Caladea-Bold.ttf"),
+    "Cantarell": ("Cantarell-Light.otf", "Cantarell-Bold.otf"),
+    "Carlito": ("Carlito-Regular.ttf", "Carlito-Bold.ttf"),
+    "DejaVu Serif": ("DejaVuSerifCondensed.ttf", "DejaVuSerifCondensed-Bold.ttf"),
+    "EB Garamond": ("EBGaramond08-Regular.otf", "EBGaramond12-Bold.otf"),
+    "GFS Didot": ("GFSDidot.otf", "GFSDidotBold.otf"),
+    "Latin Modern Sans": ("lmsans8-regular.otf", "lmsans10-bold.otf"),
+    "Linux Biolinum O": ("LinBiolinum_R.otf", "LinBiolinum_RB.otf"),
+    "Nimbus Sans": ("NimbusSans-Regular.otf", "NimbusSans-Bold.otf"),
+    "Roboto": ("Roboto-Regular.ttf", "Roboto-Bold.ttf"),
+    "Roboto Condensed": ("RobotoCondensed-Light.ttf", "RobotoCondensed-Bold.ttf"),
+    "TeX Gyre Heros Cn": ("texgyreheroscn-regular.otf", "texgyreheroscn-bold.otf"),
+    "TeX Gyre Schola": ("texgyreschola-regular.otf", "texgyreschola-bold.otf"),
+}
+# Families never trained on because their digits copy a held-out family's: Lato (Carlito
+# is Lato respaced) and Verana (drawn after Vera, as DejaVu Serif is). Neither package is
+# in requirements/apt.txt; this keeps them out where a machine has them anyway.
+LOOKALIKES = ("Lato", "Verana")
+REGULAR = {"regular", "roman", "book", "normal"}
+BOLD = {"bold", "semibold", "demi", "demibold"}
+
+
 @lru_cache(maxsize=1)
-def _installed_faces() -> tuple[tuple[str, Face], ...]:
+def _fc_list() -> tuple[tuple[str, frozenset[str], str], ...]:
+    """(family, styles, path) of every installed TrueType/OpenType file, by path."""
     out = subprocess.run(
         ["fc-list", "--format", "%{family[0]}|%{style}|%{file}\n"],
         capture_output=True,
         text=True,
         check=False,
     ).stdout
-    families: dict[str, dict[str, str]] = {}
+    found = []
     for line in out.splitlines():
         try:
             family, style, path = line.split("|", 2)
         except ValueError:
             continue
-        if not path.endswith((".ttf", ".otf")) or any(s in family for s in SKIP_FAMILIES):
-            continue
-        styles = {st.strip().lower() for st in style.split(",")}
-        kind = None
-        if styles & {"regular", "roman", "book", "normal"}:
-            kind = "regular"
-        elif styles & {"bold", "semibold", "demi", "demibold"}:
-            kind = "bold"
+        if path.endswith((".ttf", ".otf")):
+            found.append((family, frozenset(st.strip().lower() for st in style.split(",")), path))
+    return tuple(sorted(found, key=lambda f: f[2]))
+
+
+def _heldout_faces() -> tuple[Face, ...]:
+    paths = {Path(path).name: path for _, _, path in _fc_list()}
+    missing = sorted(
+        name for files in HELDOUT_FACES.values() for name in files if name not in paths
+    )
+    if missing:
+        raise RuntimeError(
+            f"held-out font files not installed: {', '.join(missing)}; install the font "
+            "packages in requirements/apt.txt"
+        )
+    return tuple(
+        Face(paths[regular], paths[bold], family in OLDSTYLE_FAMILIES)
+        for family, (regular, bold) in sorted(HELDOUT_FACES.items())
+    )
+
+
+def _training_faces() -> tuple[Face, ...]:
+    """A regular and a bold of every other family, the same on every machine with the same
+    files: a style that says only "Regular" (or "Bold") before one that also names a
+    weight ("Light,Regular"), then by path."""
+    candidates: dict[str, dict[str, list[tuple[bool, str]]]] = {}
+    for family, styles, path in _fc_list():
         name = Path(path).name.lower()
-        if "math" in name or "italic" in name or any(w in name for w in EXTREME_WEIGHTS):
+        if (
+            family in HELDOUT_FACES
+            or any(family.startswith(lookalike) for lookalike in LOOKALIKES)
+            or any(s in family for s in SKIP_FAMILIES)
+            or "math" in name
+            or "italic" in name
+            or any(w in name for w in EXTREME_WEIGHTS)
+        ):
             continue
-        if kind and kind not in families.setdefault(family, {}):
-            families[family][kind] = path
+        for kind, words in (("regular", REGULAR), ("bold", BOLD)):
+            if styles & words:
+                candidates.setdefault(family, {}).setdefault(kind, []).append(
+                    (not styles <= words, path)
+                )
+                break
     faces = []
-    for family, styles in sorted(families.items()):
-        if "regular" in styles:
-            bold = styles.get("bold", styles["regular"])
-            faces.append((family, Face(styles["regular"], bold, family in OLDSTYLE_FAMILIES)))
+    for family, kinds in sorted(candidates.items()):
+        if "regular" in kinds:
+            regular = min(kinds["regular"])[1]
+            bold = min(kinds["bold"])[1] if "bold" in kinds else regular
+            faces.append(Face(regular, bold, family in OLDSTYLE_FAMILIES))
     return tuple(faces)
-
-
-# The held-out families, named: the held-out set never changes with the fonts installed,
-# and a family added to requirements/apt.txt only ever widens training. (They were
-# first drawn by a hash of the family name, a quarter of the families installed then;
-# EB Garamond and Linux Biolinum O were put here so old-style figures are seen only at
-# evaluation.)
-HELDOUT_FAMILIES = frozenset(
-    {
-        "C059",
-        "Caladea",
-        "Cantarell",
-        "Carlito",
-        "DejaVu Serif",
-        "EB Garamond",
-        "GFS Didot",
-        "Latin Modern Sans",
-        "Linux Biolinum O",
-        "Nimbus Sans",
-        "Roboto",
-        "Roboto Condensed",
-        "TeX Gyre Heros Cn",
-        "TeX Gyre Schola",
-    }
-)
-
-
-def _split_of(family: str) -> str:
-    return "heldout" if family in HELDOUT_FAMILIES else "train"
 
 
 def fonts(split: str) -> FontSet:
     if split not in ("train", "heldout"):
         raise ValueError("split must be 'train' or 'heldout'")
-    faces = tuple(f for family, f in _installed_faces() if _split_of(family) == split)
+    faces = _heldout_faces() if split == "heldout" else _training_faces()
     if not faces:
         raise RuntimeError(
-            "no usable fonts found; install them with 'apt-get install fonts-dejavu-core "
-            "fonts-liberation fonts-urw-base35 fonts-texgyre fonts-ebgaramond' "
-            "(see requirements/apt.txt)"
+            "no usable fonts found; install the font packages in requirements/apt.txt"
         )
     return FontSet(split, faces)
 
