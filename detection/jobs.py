@@ -18,9 +18,10 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import EmptyResultSet
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, connections, router, transaction
 from django.db.models import F, QuerySet
 from django.db.models.fields.files import FieldFile
 from django.db.models.sql import UpdateQuery
@@ -468,13 +469,22 @@ def _update_returning(jobs: QuerySet[Job], **values: Any) -> Job | None:
     statement each is one round trip to PostgreSQL instead of four (begin, update,
     read back, commit), and the row read back is the one the update wrote.
     """
+    if jobs.query.is_sliced:
+        raise TypeError("a sliced queryset cannot be updated")
+    using = router.db_for_write(Job)
     query = jobs.query.chain(UpdateQuery)
     query.add_update_values(values)
-    sql, params = query.get_compiler(jobs.db).as_sql()
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in Job._meta.concrete_fields)
-    # One statement needs no transaction of its own: in autocommit it is one; inside a
+    try:
+        sql, params = query.get_compiler(using).as_sql()
+    except EmptyResultSet:  # a filter no row can match (id__in=[])
+        return None
+    quote = connections[using].ops.quote_name
+    columns = ", ".join(quote(f.column) for f in Job._meta.concrete_fields)
+    # One statement needs no transaction of its own: in autocommit it is one, committed
+    # before the row comes back (an error after it leaves the update made, as a lost
+    # worker would: the lease runs out and the sweeper takes the job back); inside a
     # caller's transaction it is part of that, and the publish waits for its commit.
-    job = next(iter(Job.objects.raw(f"{sql} RETURNING {columns}", params)), None)
+    job = next(iter(Job.objects.raw(f"{sql} RETURNING {columns}", params, using=using)), None)
     if job is not None:
         _after_commit_publish(job)
     return job
@@ -509,8 +519,9 @@ def _set_reading(job: Job, reading: Reading, status: Status) -> None:
 
 
 def _after_commit_publish(job: Job, regions: list[Region] | None = None) -> None:
-    # The payload is taken now, inside the transaction, so subscribers see every state in
-    # the order it was committed rather than whatever the row holds when they are told.
+    # The payload is taken now, from the row this transaction (or statement) wrote, so
+    # subscribers see every state in the order it was committed rather than whatever the
+    # row holds when they are told.
     payload = job_payload(job, regions)
     transaction.on_commit(lambda: _publish(str(job.id), payload))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -69,6 +70,42 @@ def test_a_claim_and_a_stage_are_one_statement_each_and_publish_the_row_they_wro
         ("running", "detect"),
     ]
     assert claim is not None and claim.attempt == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_each_update_commits_at_once_and_publishes_at_once(
+    alice, monkeypatch
+) -> None:
+    # As the worker runs them: autocommit, no transaction around the statements.
+    published: list[tuple[str, str | None]] = []
+
+    def committed(job_id: str) -> tuple[str, str]:
+        # On a thread of its own, so on a connection of its own: it sees only commits.
+        try:
+            return Job.objects.values_list("status", "stage").get(id=job_id)
+        finally:
+            connection.close()
+
+    def publish(job_id: str, payload: dict) -> None:
+        with ThreadPoolExecutor(1) as pool:
+            seen = pool.submit(committed, job_id).result()
+        assert seen == (payload["status"], payload["stage"] or "")
+        published.append((payload["status"], payload["stage"]))
+
+    monkeypatch.setattr(jobs, "_publish", publish)
+    job = queued_job_without_message(alice)
+
+    claim = jobs.job_claim(job.id, "w1")
+    assert claim is not None and jobs.job_claim(job.id, "w2") is None
+    assert jobs.job_advance_stage(claim, "ocr")
+    assert jobs.job_fail(claim, "reader_error", "broken")
+    assert not jobs.job_advance_stage(claim, "crop")
+
+    assert published == [("running", None), ("running", "ocr"), ("failed", None)]
+    job.refresh_from_db()
+    assert (job.status, job.error_code, job.attempts, job.lease_expires_at) == (
+        Status.FAILED, "reader_error", 1, None,
+    )  # fmt: skip
 
 
 def test_the_finished_job_is_published_with_the_regions_just_written(
