@@ -303,7 +303,7 @@ class Stack:
             # of each part, and what the cores could give in that time.
             "cpu_ms_per_image": {k: round(1000 * v / len(photos), 1) for k, v in cpu.items()},
             "cpu_ms_per_image_available": round(
-                1000 * elapsed * (os.cpu_count() or 1) / len(photos), 1
+                1000 * elapsed * len(os.sched_getaffinity(0)) / len(photos), 1
             ),
         }
 
