@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from playwright.sync_api import expect
 
 from detection import jobs
@@ -263,3 +264,33 @@ def test_it_explains_a_failed_job_opened_from_the_history_by_keyboard(alice, con
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     screenshot(page, "failed-narrow")
+
+
+def test_it_says_which_numbers_could_not_be_read_and_what_to_do(alice, context) -> None:
+    job = queued_job_without_message(alice)
+    claim = outside_the_loop(jobs.job_claim, job.id, "worker-1")
+    assert claim is not None
+    crop = io.BytesIO()
+    Image.new("L", (90, 36), 230).save(crop, "PNG")
+
+    def region(k: int, text: str) -> jobs.RegionReading:
+        box = (20.0 + 60 * k, 20.0, 70.0 + 60 * k, 40.0)
+        confidence = 95.0 if text else 40.0
+        return jobs.RegionReading(box, "number", 0.97, text, confidence, crop.getvalue())
+
+    reading = jobs.Reading(
+        label="page", score=0.99, relevant=True, pack_name="reference", pack_version="1",
+        timings_ms={"classify": 9.0, "detect": 80.0, "crop": 2.0, "ocr": 10.0},
+        regions=[region(0, "3.14"), region(1, ""), region(2, "3.16"), region(3, "")],
+    )  # fmt: skip
+    assert outside_the_loop(jobs.job_complete, claim, reading)
+    page = log_in(context, alice)
+
+    history_item(page, str(job.id)).click()
+    card = page.locator(f"article.job[data-job-id='{job.id}']")
+    expect(card).to_have_attribute("data-phase", "done")
+    expect(card.locator(".summary")).to_contain_text("Found 4 numbers")
+    expect(card.locator(".summary")).to_contain_text("2 of them could not be read (marked “?”)")
+    expect(card.locator(".summary")).to_contain_text("A sharper photo, taken closer to the page")
+    assert card.locator(".regions tbody .text").all_inner_texts() == ["3.14", "—", "3.16", "—"]
+    screenshot(page, "partly-read")

@@ -200,9 +200,11 @@ class JobCard {
     const summary = this.$(".summary");
     summary.textContent = "";
     if (job.status === "succeeded") {
+      const unread = job.regions.filter((r) => !r.text).length;
       summary.textContent = job.regions.length
         ? `Found ${plural(job.regions.length, "number", "numbers")} in ${seconds(job.timings_ms)} s` +
-          (job.pack ? ` with ${job.pack.name} ${job.pack.version}.` : ".")
+          (job.pack ? ` with ${job.pack.name} ${job.pack.version}.` : ".") +
+          (unread ? " " + UNREAD(unread, job.regions.length) : "")
         : "This looks like a problem-book page, but no problem numbers were found on it. " +
           "Try a sharper photo, closer to the page.";
       this.showResult(job);

@@ -24,6 +24,13 @@ const REJECTED = {
     "filling most of the picture.",
 };
 
+// A page read in part: the reader found these numbers but could not make them out (they
+// are marked "?" on the photo), most often because the photo is blurred or the print small.
+const UNREAD = (unread, found) =>
+  `${unread === found ? "None of them" : `${unread} of them`} could not be read (marked “?”): ` +
+  "the print is too small or too blurred in this photo. A sharper photo, taken closer to " +
+  "the page, reads them.";
+
 // Failures of a job that was accepted, by error.code (docs/api.md).
 const FAILED = {
   time_limit: {
