@@ -84,7 +84,10 @@ def evaluate(pipeline: Pipeline, data_dir: Path, limit: int | None = None) -> di
     scored: list[tuple[float, bool]] = []
     positives = tp = fp = 0
     misses: list[dict] = []
-    by_blur: dict[float, tuple[int, int]] = {}  # blur sigma: (numbers read right, numbers)
+    # Where the set records them, by the photo's blur (sigma) and by typeface:
+    # (numbers read right, numbers).
+    by_blur: dict[float, tuple[int, int]] = {}
+    by_font: dict[str, tuple[int, int]] = {}
     t0 = time.perf_counter()
 
     def run(image):
@@ -111,9 +114,10 @@ def evaluate(pipeline: Pipeline, data_dir: Path, limit: int | None = None) -> di
         hits = number_hits(read, truths)
         tp += sum(hits)
         fp += len(hits) - sum(hits)
-        if label.blur is not None:
-            found, total = by_blur.get(label.blur, (0, 0))
-            by_blur[label.blur] = (found + sum(hits), total + len(truths))
+        for key, tally in ((label.blur, by_blur), (label.font, by_font)):
+            if key is not None:
+                found, total = tally.get(key, (0, 0))
+                tally[key] = (found + sum(hits), total + len(truths))
         if len(misses) < 50 and (sum(hits) < len(truths) or not all(hits)):
             misses.append(
                 {
@@ -142,6 +146,10 @@ def evaluate(pipeline: Pipeline, data_dir: Path, limit: int | None = None) -> di
         "number_recall_by_blur": {
             f"{blur:g}": {"numbers": total, "recall": round(found / max(1, total), 4)}
             for blur, (found, total) in sorted(by_blur.items())
+        },
+        "number_recall_by_font": {
+            font: {"numbers": total, "recall": round(found / max(1, total), 4)}
+            for font, (found, total) in sorted(by_font.items())
         },
         "stage_ms_mean": {k: round(float(np.mean(v)), 2) for k, v in stage_ms.items()},
         "seconds": round(time.perf_counter() - t0, 1),

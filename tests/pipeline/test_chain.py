@@ -155,7 +155,7 @@ def test_the_threshold_sweep_agrees_with_the_evaluation_at_the_packs_thresholds(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
     from workers.evaluate import evaluate, sweep
-    from workers.training.dataset import generate
+    from workers.training.dataset import generate, read_labels
 
     data = generate(tmp_path / "val", "val", pages=3, negatives=0, workers=1)
     report = evaluate(pipeline, data)
@@ -169,11 +169,15 @@ def test_the_threshold_sweep_agrees_with_the_evaluation_at_the_packs_thresholds(
         report["number_precision"],
         report["number_recall"],
     )
-    # The recall by photo blur covers every number of the set and adds up to the whole.
-    parts = report["number_recall_by_blur"].values()
-    assert sum(p["numbers"] for p in parts) == report["numbers"]
-    read_right = sum(round(p["recall"] * p["numbers"]) for p in parts)
-    assert read_right == round(report["number_recall"] * report["numbers"])
+    # The recall by photo blur, and by typeface, covers every number of the set and adds
+    # up to the whole.
+    for by in ("number_recall_by_blur", "number_recall_by_font"):
+        parts = report[by].values()
+        assert sum(p["numbers"] for p in parts) == report["numbers"]
+        read_right = sum(round(p["recall"] * p["numbers"]) for p in parts)
+        assert read_right == round(report["number_recall"] * report["numbers"])
+    labels = read_labels(data)
+    assert set(report["number_recall_by_font"]) == {label.font for label in labels}
     strictest = [r for r in table if r["score_threshold"] == 0.99 and r["min_confidence"] == 99.0]
     assert strictest[0]["recall"] <= row["recall"]
     # The sweep leaves the pipeline as it found it.

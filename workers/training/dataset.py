@@ -33,6 +33,7 @@ class PageLabel:
     seed: int
     numbers: list[tuple[tuple[float, float, float, float], str]]
     blur: float | None = None  # the photo's blur (sigma, pixels), where the set records it
+    font: str | None = None  # the typeface's file, where the set records it
 
 
 def _render_page(job: tuple[str, int, str]) -> dict:
@@ -47,6 +48,7 @@ def _render_page(job: tuple[str, int, str]) -> dict:
         "seed": seed,
         "numbers": [{"box": [round(v, 2) for v in box], "text": t} for box, t in sample.numbers],
         "blur": sample.blur,
+        "font": sample.font,
     }
 
 
@@ -87,7 +89,9 @@ def read_labels(data_dir: Path) -> list[PageLabel]:
         for line in fh:
             row = json.loads(line)
             numbers = [(tuple(n["box"]), n["text"]) for n in row["numbers"]]
-            labels.append(PageLabel(row["file"], row["seed"], numbers, row.get("blur")))  # type: ignore[arg-type]
+            labels.append(
+                PageLabel(row["file"], row["seed"], numbers, row.get("blur"), row.get("font"))  # type: ignore[arg-type]
+            )
     return labels
 
 

@@ -42,6 +42,7 @@ class PageSample:
     image: Image.Image
     numbers: list[tuple[Box, str]]
     blur: float = 0.0  # the Gaussian blur of the photo (sigma, pixels), for evaluation
+    font: str = ""  # the file of the typeface it is set in (its regular), for evaluation
 
 
 OLDSTYLE_FAMILIES = ("EB Garamond", "Linux Libertine O", "Linux Biolinum O", "TeX Gyre Pagella")
@@ -449,7 +450,7 @@ def _layout_page(rng: random.Random, fontset: FontSet, width: int, height: int):
                 y += line_h
                 line_start = x_left
             y += int(line_h * rng.uniform(0.2, 0.8))
-    return page, numbers, paper
+    return page, numbers, face
 
 
 def _background(rng: random.Random, w: int, h: int) -> np.ndarray:
@@ -549,9 +550,9 @@ def render_page(seed: int, fontset: FontSet) -> PageSample:
     rng = random.Random(seed)
     width = rng.randint(1000, 1400)
     height = int(width * rng.uniform(1.35, 1.5))
-    page, numbers, _ = _layout_page(rng, fontset, width, height)
+    page, numbers, face = _layout_page(rng, fontset, width, height)
     image, boxes, blur = _photograph(rng, page, numbers)
-    return PageSample(image, boxes, blur)
+    return PageSample(image, boxes, blur, Path(face.regular).name)
 
 
 @lru_cache(maxsize=1)
