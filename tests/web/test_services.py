@@ -50,11 +50,17 @@ def test_it_records_stages_and_renews_the_lease(alice) -> None:
     assert job.lease_expires_at > timezone.now()
 
 
+@pytest.fixture
+def published(monkeypatch) -> list[dict]:
+    """Every job payload detection.jobs publishes, in order, instead of sending it."""
+    payloads: list[dict] = []
+    monkeypatch.setattr(jobs, "_publish", lambda job_id, payload: payloads.append(payload))
+    return payloads
+
+
 def test_a_claim_and_a_stage_are_one_statement_each_and_publish_the_row_they_wrote(
-    alice, monkeypatch, django_capture_on_commit_callbacks
+    alice, published, django_capture_on_commit_callbacks
 ) -> None:
-    published: list[dict] = []
-    monkeypatch.setattr(jobs, "_publish", lambda job_id, payload: published.append(payload))
     job = queued_job_without_message(alice)
 
     with (
@@ -109,10 +115,8 @@ def test_outside_a_transaction_each_update_commits_at_once_and_publishes_at_once
 
 
 def test_the_finished_job_is_published_with_the_regions_just_written(
-    alice, monkeypatch, django_capture_on_commit_callbacks
+    alice, published, django_capture_on_commit_callbacks
 ) -> None:
-    published: list[dict] = []
-    monkeypatch.setattr(jobs, "_publish", lambda job_id, payload: published.append(payload))
     job = queued_job_without_message(alice)
     claim = jobs.job_claim(job.id, "w1")
     region = jobs.RegionReading(
