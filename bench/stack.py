@@ -57,15 +57,23 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def processes() -> dict[int, tuple[str, int]]:
+    """Every process now: pid -> (command name, parent pid), from /proc/<pid>/stat."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, tail = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        found[int(stat.parent.name)] = (head.split("(", 1)[1], int(tail.split()[1]))
+    return found
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and every process below it (a server's worker processes)."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    for child, (_, parent) in processes().items():
+        children.setdefault(parent, []).append(child)
     tree, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -91,13 +99,8 @@ def cpu_seconds(pid: int) -> float:
 def servers_named(name: str) -> list[int]:
     """The top processes named ``name`` (a server's main process, not its children):
     ``cpu_seconds`` of each counts the server whole."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            head, tail = stat.read_text().rsplit(")", 1)
-            if head.split("(", 1)[1] == name:
-                parents[int(stat.parent.name)] = int(tail.split()[1])
-    return [pid for pid, parent in parents.items() if parent not in parents]
+    named = {pid: parent for pid, (comm, parent) in processes().items() if comm == name}
+    return [pid for pid, parent in named.items() if parent not in named]
 
 
 def machine_load() -> str:
