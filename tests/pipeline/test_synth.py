@@ -49,6 +49,8 @@ def test_the_held_out_faces_are_the_named_files_and_training_never_sees_them() -
     names = {Path(p).name for f in training for p in (f.regular, f.bold)}
     assert not names & {name for files in HELDOUT_FACES.values() for name in files}
     assert not any(f.startswith(LOOKALIKES) for f in names), "a look-alike of a held-out face"
+    # Nor a face that draws every glyph in a key cap (Linux Biolinum Keyboard O).
+    assert "LinBiolinum_K.otf" not in names
 
 
 def test_it_renders_negatives_of_varied_sizes() -> None:

@@ -65,6 +65,7 @@ SKIP_FAMILIES = (
     "STIXSize",
     "STIXNonUnicode",
     "STIXVariants",
+    "Keyboard",  # Linux Biolinum Keyboard O: every glyph drawn in a key cap
 )
 # Weights no book sets its text in, which some families name "Regular" in one of their
 # styles (Lato Thin, Inter ExtraLight, Open Sans ExtraBold).
