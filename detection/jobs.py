@@ -6,6 +6,14 @@ Every transition is a conditional update (WHERE status = ... [AND attempts = cla
 so a duplicate message, a late worker or a second click changes nothing and says so by
 returning False or None. Every change is published to the job's channel-layer group
 after commit, and the Celery message is sent after commit, carrying only the job id.
+
+What must survive a crash of PostgreSQL commits durably (the job's acceptance, its
+results, failure, cancelation, the sweeper's moves); the worker's progress (the claim, each
+stage, the lease) commits without waiting for the disk (``durable=False``). Losing that
+much in a crash loses no job: the job is found queued or at an earlier stage, the
+sweeper sends it again or takes it back when its lease runs out, and a later durable
+commit on the server makes every earlier one durable with it (the WAL is written in
+order).
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ from django.core.exceptions import EmptyResultSet
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, connections, router, transaction
-from django.db.models import F, QuerySet
+from django.db.models import BooleanField, F, QuerySet
+from django.db.models.expressions import RawSQL
 from django.db.models.fields.files import FieldFile
 from django.db.models.sql import UpdateQuery
 from django.utils import timezone
@@ -180,6 +189,7 @@ def job_claim(job_id: uuid.UUID | str, worker_host: str) -> Claim | None:
     now = timezone.now()
     job = _update_returning(
         Job.objects.filter(id=job_id, status=Status.QUEUED),
+        durable=False,
         status=Status.RUNNING,
         stage="",
         attempts=F("attempts") + 1,
@@ -196,11 +206,13 @@ def job_advance_stage(claim: Claim, stage: str) -> bool:
     """Record the stage now running and renew the lease; False when the claim is stale."""
     if stage not in Stage.values:
         raise ValueError(f"unknown stage {stage!r}")
-    return _running_update(claim, stage=stage, lease_expires_at=timezone.now() + _lease())
+    return _running_update(
+        claim, durable=False, stage=stage, lease_expires_at=timezone.now() + _lease()
+    )
 
 
 def job_renew_lease(claim: Claim) -> bool:
-    return _running_update(claim, lease_expires_at=timezone.now() + _lease())
+    return _running_update(claim, durable=False, lease_expires_at=timezone.now() + _lease())
 
 
 def job_complete(claim: Claim, reading: Reading) -> bool:
@@ -456,22 +468,36 @@ def _lease() -> timedelta:
     return timedelta(seconds=settings.SNAPREAD_LEASE_SECONDS)
 
 
-def _running_update(claim: Claim, **values: Any) -> bool:
+def _running_update(claim: Claim, *, durable: bool = True, **values: Any) -> bool:
     running = Job.objects.filter(id=claim.job_id, status=Status.RUNNING, attempts=claim.attempt)
-    return _update_returning(running, **values) is not None
+    return _update_returning(running, durable=durable, **values) is not None
 
 
-def _update_returning(jobs: QuerySet[Job], **values: Any) -> Job | None:
+# In a statement's condition: SET LOCAL synchronous_commit TO OFF for its transaction,
+# from inside the one statement (true for every row, so it filters nothing).
+_ASYNC_COMMIT = RawSQL(
+    "set_config('synchronous_commit', 'off', true) = 'off'", (), output_field=BooleanField()
+)
+
+
+def _update_returning(jobs: QuerySet[Job], *, durable: bool = True, **values: Any) -> Job | None:
     """``jobs.update(**values)`` as one ``UPDATE ... RETURNING`` statement, published after
     commit: the updated job, or None when no row matched.
 
     A worker makes five such updates per job (the claim, then each stage); as one
     statement each is one round trip to PostgreSQL instead of four (begin, update,
     read back, commit), and the row read back is the one the update wrote.
+
+    ``durable=False`` (progress: see the module's docstring) commits it without waiting
+    for its WAL to reach the disk, the flush that is most of a one-row update's time; the
+    setting is the statement's own and ends with it. Inside a caller's transaction it is
+    ignored: the caller's commit decides.
     """
     if jobs.query.is_sliced:
         raise TypeError("a sliced queryset cannot be updated")
     using = router.db_for_write(Job)
+    if not durable and not connections[using].in_atomic_block:
+        jobs = jobs.filter(_ASYNC_COMMIT)
     query = jobs.query.chain(UpdateQuery)
     query.add_update_values(values)
     try:

@@ -114,6 +114,45 @@ def test_outside_a_transaction_each_update_commits_at_once_and_publishes_at_once
     )  # fmt: skip
 
 
+ASYNC_COMMIT = "set_config('synchronous_commit', 'off', true)"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_progress_commits_without_waiting_for_the_disk_and_outcomes_wait(alice) -> None:
+    # As the worker runs them (autocommit): the claim, the stages and the lease are
+    # progress, each statement's own transaction asynchronous; the outcome is durable, and
+    # the setting never outlives its statement on the connection.
+    def synchronous_commit() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            return cursor.fetchone()[0]
+
+    job = queued_job_without_message(alice)
+    with CaptureQueriesContext(connection) as progress:
+        claim = jobs.job_claim(job.id, "w1")
+        assert claim is not None
+        assert jobs.job_advance_stage(claim, "detect")
+        assert jobs.job_renew_lease(claim)
+    assert len(progress.captured_queries) == 3
+    assert all(ASYNC_COMMIT in q["sql"] for q in progress.captured_queries)
+    assert synchronous_commit() == "on"
+
+    with CaptureQueriesContext(connection) as outcome:
+        assert jobs.job_fail(claim, "reader_error", "broken")
+    assert not any(ASYNC_COMMIT in q["sql"] for q in outcome.captured_queries)
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == (Status.FAILED, 1)
+
+
+def test_inside_a_callers_transaction_progress_commits_as_the_caller_does(alice) -> None:
+    # pytest-django's transaction around the test stands for the caller's.
+    job = queued_job_without_message(alice)
+    with CaptureQueriesContext(connection) as queries:
+        claim = jobs.job_claim(job.id, "w1")
+        assert claim is not None and jobs.job_advance_stage(claim, "crop")
+    assert not any(ASYNC_COMMIT in q["sql"] for q in queries.captured_queries)
+
+
 def test_the_finished_job_is_published_with_the_regions_just_written(
     alice, published, django_capture_on_commit_callbacks
 ) -> None:
