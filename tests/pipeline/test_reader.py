@@ -14,7 +14,7 @@ from PIL import Image
 from tests.pipeline.test_stages import printed
 from workers.pipeline import Pipeline
 from workers.pipeline.nets import LineReader
-from workers.pipeline.ocr import CtcReader, load_reader
+from workers.pipeline.ocr import CtcReader, SecondLook, load_reader
 from workers.pipeline.pack import ModelPack, PackError
 
 
@@ -75,6 +75,65 @@ def test_a_reading_less_sure_than_the_pack_asks_is_no_text(reader) -> None:
     )
     [refused] = strict.read([crop])
     assert refused.text == "" and refused.confidence == 0.0 and refused.raw == "3.14"
+
+
+def test_an_unsure_reading_is_kept_when_the_stretched_crop_reads_the_same(reader) -> None:
+    assert reader.second_look is not None, "the reference pack looks twice"
+    crop = as_crop(printed("3.14."))
+    # Every first reading unsure (threshold above 100): only the second look can keep it.
+    settings = replace(reader.settings, min_confidence=100.1)
+    look = SecondLook(stretch=(0.85, 1.15), agree=2, min_confidence=0.0)
+    looking = CtcReader(reader.module, reader.alphabet, settings, "cpu", look)
+    batches: list[int] = []
+    hook = reader.module.register_forward_hook(lambda m, args, out: batches.append(len(args[0])))
+    try:
+        [kept] = looking.read([crop])
+        [sure] = reader.read([crop])
+    finally:
+        hook.remove()
+    # The unsure crop is read again stretched twice, in one pass; a sure one is not.
+    assert batches == [1, 2, 1]
+    assert kept.text == sure.text == "3.14"
+    plain = CtcReader(reader.module, reader.alphabet, replace(settings, min_confidence=0), "cpu")
+    stretched = [crop.resize((round(crop.width * f), crop.height)) for f in (1, 0.85, 1.15)]
+    assert kept.confidence == max(r.confidence for r in plain.read(stretched) if r.text == "3.14")
+
+    # Readings that agree but are not sure enough, or too few that agree: no text.
+    for look in (SecondLook(agree=3, min_confidence=100.1), SecondLook(stretch=(1.15,), agree=3)):
+        if look.agree > len(look.stretch) + 1:
+            with pytest.raises(PackError, match="agree"):
+                SecondLook.from_config({"stretch": list(look.stretch), "agree": look.agree})
+            continue
+        strict = CtcReader(reader.module, reader.alphabet, settings, "cpu", look)
+        [refused] = strict.read([crop])
+        assert refused.text == "" and refused.raw == "3.14"
+
+
+def test_a_second_look_with_impossible_settings_is_a_pack_error(pack_copy: Path) -> None:
+    bad = [
+        {"stretch": [], "agree": 2},
+        {"stretch": [0.1], "agree": 2},
+        {"stretch": [0.9, 1.1], "agree": 4},
+        {"stretch": [0.9], "agree": 1},
+        [0.9, 1.1],
+    ]
+    for second_look in bad:
+        manifest = json.loads((pack_copy / "manifest.json").read_text())
+        manifest["ocr"]["second_look"] = second_look
+        (pack_copy / "manifest.json").write_text(json.dumps(manifest))
+        pack = ModelPack.load(pack_copy)
+        with pytest.raises(PackError, match="second_look"):
+            load_reader(pack.ocr, pack, None)
+
+
+def test_a_second_look_does_not_make_numbers_out_of_blank_crops_or_noise(reader) -> None:
+    # The pack's own settings: the votes must be sure enough, not just agree.
+    assert reader.second_look is not None
+    rng = np.random.default_rng(1)
+    crops = [Image.new("L", (90, 36), 235)]
+    crops += [Image.fromarray(rng.integers(0, 255, (36, 90), np.uint8)) for _ in range(40)]
+    read = [r.text for r in reader.read(crops) if r.text]
+    assert len(read) <= 2, read
 
 
 def test_it_reads_crops_of_any_size(reader) -> None:

@@ -6,6 +6,7 @@ import glob
 import os
 import re
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -227,11 +228,19 @@ class CtcReader:
 
     STRIDE = 4  # input pixels per output column
 
-    def __init__(self, module: Any, alphabet: str, settings: OcrSettings, device: Any) -> None:
+    def __init__(
+        self,
+        module: Any,
+        alphabet: str,
+        settings: OcrSettings,
+        device: Any,
+        second_look: SecondLook | None = None,
+    ) -> None:
         self.module = module
         self.alphabet = alphabet
         self.settings = settings
         self.device = device
+        self.second_look = second_look
         self.height = int(module.height)
         self.margin = int(module.RECEPTIVE_FIELD) // 2
         self.chunk = 64
@@ -247,17 +256,52 @@ class CtcReader:
             )
         args = {"num_classes": len(alphabet) + 1, **cfg.get("arch_args", {})}
         module = load_module(pack, {"arch": "line_reader", **cfg, "arch_args": args}, device)
-        return cls(module, alphabet, OcrSettings.from_config(cfg), device)
+        look = SecondLook.from_config(cfg["second_look"]) if "second_look" in cfg else None
+        return cls(module, alphabet, OcrSettings.from_config(cfg), device, look)
 
     def prepare(self, crop: Image.Image) -> np.ndarray:
         return prepare_crop(crop, self.height)
 
     def read(self, crops: list[Image.Image]) -> list[Reading]:
+        readings = self._read_arrays([self.prepare(c) for c in crops])
+        threshold = self.settings.min_confidence
+        unsure = [k for k, r in enumerate(readings) if r.text and r.confidence < threshold]
+        agreed: set[int] = set()
+        if unsure and self.second_look is not None:
+            agreed = self._look_again(crops, readings, unsure)
+        return [
+            r if r.confidence >= threshold or k in agreed else Reading("", 0.0, r.raw)
+            for k, r in enumerate(readings)
+        ]
+
+    def _look_again(
+        self, crops: list[Image.Image], readings: list[Reading], unsure: list[int]
+    ) -> set[int]:
+        """Read each unsure crop again, stretched and squeezed; where enough readings agree,
+        each sure enough, keep that text (in ``readings``). The indices kept."""
+        look = self.second_look
+        assert look is not None
+        n = len(look.stretch)
+        again = self._read_arrays(
+            [self.prepare(_stretched(crops[k], f)) for k in unsure for f in look.stretch]
+        )
+        agreed = set()
+        for j, k in enumerate(unsure):
+            votes = [r for r in [readings[k], *again[j * n : (j + 1) * n]] if r.text]
+            votes = [r for r in votes if r.confidence >= look.min_confidence]
+            texts = Counter(r.text for r in votes)
+            if texts:
+                text, count = texts.most_common(1)[0]
+                if count >= look.agree:
+                    best = max(r.confidence for r in votes if r.text == text)
+                    readings[k] = Reading(text, best, readings[k].raw)
+                    agreed.add(k)
+        return agreed
+
+    def _read_arrays(self, arrays: list[np.ndarray]) -> list[Reading]:
+        """Prepared crops, read in batches of similar width; no threshold applied."""
         import torch
 
-        if not crops:
-            return []
-        arrays = [self.prepare(c) for c in crops]
         order = sorted(range(len(arrays)), key=lambda k: arrays[k].shape[1])
         out: list[Reading | None] = [None] * len(arrays)
         for start in range(0, len(order), self.chunk):
@@ -271,14 +315,48 @@ class CtcReader:
         return [r for r in out if r is not None]
 
     def decode(self, probs: np.ndarray) -> Reading:
-        """One crop's columns as a reading: greedy CTC, the pack's pattern, its
-        confidence threshold."""
+        """One crop's columns as a reading: greedy CTC and the pack's pattern; the
+        confidence is the least sure character's probability (the threshold is `read`'s)."""
         raw, sure = ctc_greedy(probs, self.alphabet)
         text = self.settings.clean(raw)
         confidence = 100.0 * min(sure) if text else 0.0
-        if confidence < self.settings.min_confidence:
-            return Reading("", 0.0, raw)
         return Reading(text, round(confidence, 2), raw)
+
+
+@dataclass(frozen=True)
+class SecondLook:
+    """How a `ctc` reader reads a crop again when its first reading is below the pack's
+    `min_confidence` (manifest: ``ocr.second_look``): the crop stretched by each factor
+    in `stretch` and read each time; a text given by at least `agree` of the readings
+    (the first included), each at least `min_confidence` sure, is kept, with the best of
+    their confidences."""
+
+    stretch: tuple[float, ...] = (0.85, 1.15)
+    agree: int = 2
+    min_confidence: float = 70.0
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> SecondLook:
+        if not isinstance(cfg, dict):
+            raise PackError("ocr.second_look must be an object (stretch, agree, min_confidence)")
+        look = cls(
+            stretch=tuple(float(f) for f in cfg.get("stretch", cls.stretch)),
+            agree=int(cfg.get("agree", cls.agree)),
+            min_confidence=float(cfg.get("min_confidence", cls.min_confidence)),
+        )
+        if not look.stretch or not all(0.25 <= f <= 4 for f in look.stretch):
+            raise PackError("ocr.second_look.stretch: one or more factors from 0.25 to 4")
+        if not 2 <= look.agree <= len(look.stretch) + 1:
+            raise PackError(
+                "ocr.second_look.agree: at least 2 and at most the number of readings "
+                f"({len(look.stretch) + 1})"
+            )
+        return look
+
+
+def _stretched(crop: Image.Image, factor: float) -> Image.Image:
+    width = max(4, round(crop.width * factor))
+    return crop.resize((width, crop.height), Image.BILINEAR)
 
 
 def load_reader(cfg: dict[str, Any], pack: Any = None, device: Any = None) -> Reader:
