@@ -7,13 +7,14 @@ so a duplicate message, a late worker or a second click changes nothing and says
 returning False or None. Every change is published to the job's channel-layer group
 after commit, and the Celery message is sent after commit, carrying only the job id.
 
-What must survive a crash of PostgreSQL commits durably (the job's acceptance, its
-results, failure, cancelation, the sweeper's moves); the worker's progress (the claim, each
-stage, the lease) commits without waiting for the disk (``durable=False``). Losing that
-much in a crash loses no job: the job is found queued or at an earlier stage, the
-sweeper sends it again or takes it back when its lease runs out, and a later durable
-commit on the server makes every earlier one durable with it (the WAL is written in
-order).
+What must survive a crash of PostgreSQL commits durably: the job's acceptance, each
+claim (its attempt number fences stale workers and counts towards the attempt limit),
+the results, a failure, a cancelation, the sweeper's moves. A running attempt's progress
+(each stage, each lease renewal) commits without waiting for the disk
+(``durable=False``): a crash, or a failover to a standby, may undo the last fraction of
+a second of it, which loses nothing: the attempt is found at an earlier stage, its
+lease runs out and the sweeper takes it back. A later durable commit on the server makes
+every earlier one durable with it (the WAL is flushed in order).
 """
 
 from __future__ import annotations
@@ -189,7 +190,6 @@ def job_claim(job_id: uuid.UUID | str, worker_host: str) -> Claim | None:
     now = timezone.now()
     job = _update_returning(
         Job.objects.filter(id=job_id, status=Status.QUEUED),
-        durable=False,
         status=Status.RUNNING,
         stage="",
         attempts=F("attempts") + 1,
@@ -489,14 +489,14 @@ def _update_returning(jobs: QuerySet[Job], *, durable: bool = True, **values: An
     read back, commit), and the row read back is the one the update wrote.
 
     ``durable=False`` (progress: see the module's docstring) commits it without waiting
-    for its WAL to reach the disk, the flush that is most of a one-row update's time; the
-    setting is the statement's own and ends with it. Inside a caller's transaction it is
-    ignored: the caller's commit decides.
+    for its WAL to reach the disk, which is most of a one-row update's time when the disk
+    is busy; the setting is the statement's own and ends with it. Inside a caller's
+    transaction it is ignored: the caller's commit decides.
     """
     if jobs.query.is_sliced:
         raise TypeError("a sliced queryset cannot be updated")
     using = router.db_for_write(Job)
-    if not durable and not connections[using].in_atomic_block:
+    if not durable and connections[using].get_autocommit():
         jobs = jobs.filter(_ASYNC_COMMIT)
     query = jobs.query.chain(UpdateQuery)
     query.add_update_values(values)

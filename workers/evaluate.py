@@ -168,15 +168,22 @@ def sweep(
 ) -> list[dict]:
     """Number precision and recall for each pair of detection score threshold and reading
     confidence threshold, from one pass over the pages: for choosing a pack's thresholds
-    on a validation set (``generate --split val``), never on the held-out one."""
+    on a validation set (``generate --split val``), never on the held-out one.
+
+    The reader's second look (``ocr.second_look``) is off here: which crops it reads again
+    depends on the confidence threshold, which one pass cannot vary. The table is the
+    plain reader's; evaluate the pack itself for what the second look adds."""
     from dataclasses import replace
 
     detector, reader = pipeline.detector, pipeline.reader
     saved = (getattr(detector, "score_threshold", None), getattr(reader, "settings", None))
+    second_look = getattr(reader, "second_look", None)
     if saved[0] is None or saved[1] is None:
         raise SystemExit("--sweep needs a detector with score_threshold and a reader with settings")
     detector.score_threshold = min(scores)
     reader.settings = replace(saved[1], min_confidence=0.0)
+    if second_look is not None:
+        reader.second_look = None
     pages = []
     try:
         for label in read_labels(data_dir)[:limit]:
@@ -186,6 +193,8 @@ def sweep(
             pages.append((truths, regions))
     finally:
         detector.score_threshold, reader.settings = saved
+        if second_look is not None:
+            reader.second_look = second_look
     positives = sum(len(t) for t, _ in pages)
     table = []
     for s in scores:

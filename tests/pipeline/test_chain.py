@@ -158,10 +158,18 @@ def test_the_threshold_sweep_agrees_with_the_evaluation_at_the_packs_thresholds(
     from workers.training.dataset import generate, read_labels
 
     data = generate(tmp_path / "val", "val", pages=3, negatives=0, workers=1)
-    report = evaluate(pipeline, data)
     score = pipeline.detector.score_threshold
     confidence = pipeline.reader.settings.min_confidence
     table = sweep(pipeline, data, scores=(score, 0.99), confidences=(confidence, 99.0))
+    # The sweep's table is the plain reader's (no second look), and leaves the pack as
+    # it found it.
+    look = pipeline.reader.second_look
+    assert look is not None
+    pipeline.reader.second_look = None
+    try:
+        report = evaluate(pipeline, data)
+    finally:
+        pipeline.reader.second_look = look
     [row] = [
         r for r in table if r["score_threshold"] == score and r["min_confidence"] == confidence
     ]

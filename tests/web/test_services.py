@@ -118,28 +118,32 @@ ASYNC_COMMIT = "set_config('synchronous_commit', 'off', true)"
 
 
 @pytest.mark.django_db(transaction=True)
-def test_progress_commits_without_waiting_for_the_disk_and_outcomes_wait(alice) -> None:
-    # As the worker runs them (autocommit): the claim, the stages and the lease are
-    # progress, each statement's own transaction asynchronous; the outcome is durable, and
+def test_progress_commits_without_waiting_for_the_disk_and_the_rest_waits(alice) -> None:
+    # As the worker runs them (autocommit): the stages and the lease are progress, each
+    # statement's own transaction asynchronous; the claim and the outcome are durable, and
     # the setting never outlives its statement on the connection.
     def synchronous_commit() -> str:
         with connection.cursor() as cursor:
             cursor.execute("SHOW synchronous_commit")
             return cursor.fetchone()[0]
 
+    before = synchronous_commit()
+    assert before != "off"
     job = queued_job_without_message(alice)
-    with CaptureQueriesContext(connection) as progress:
+    with CaptureQueriesContext(connection) as durable:
         claim = jobs.job_claim(job.id, "w1")
         assert claim is not None
+    with CaptureQueriesContext(connection) as progress:
         assert jobs.job_advance_stage(claim, "detect")
         assert jobs.job_renew_lease(claim)
-    assert len(progress.captured_queries) == 3
+    assert len(progress.captured_queries) == 2
     assert all(ASYNC_COMMIT in q["sql"] for q in progress.captured_queries)
-    assert synchronous_commit() == "on"
+    assert synchronous_commit() == before
 
     with CaptureQueriesContext(connection) as outcome:
         assert jobs.job_fail(claim, "reader_error", "broken")
-    assert not any(ASYNC_COMMIT in q["sql"] for q in outcome.captured_queries)
+    queries = durable.captured_queries + outcome.captured_queries
+    assert queries and not any(ASYNC_COMMIT in q["sql"] for q in queries)
     job.refresh_from_db()
     assert (job.status, job.attempts) == (Status.FAILED, 1)
 
@@ -147,9 +151,11 @@ def test_progress_commits_without_waiting_for_the_disk_and_outcomes_wait(alice) 
 def test_inside_a_callers_transaction_progress_commits_as_the_caller_does(alice) -> None:
     # pytest-django's transaction around the test stands for the caller's.
     job = queued_job_without_message(alice)
+    claim = jobs.job_claim(job.id, "w1")
+    assert claim is not None
     with CaptureQueriesContext(connection) as queries:
-        claim = jobs.job_claim(job.id, "w1")
-        assert claim is not None and jobs.job_advance_stage(claim, "crop")
+        assert jobs.job_advance_stage(claim, "crop") and jobs.job_renew_lease(claim)
+    assert len(queries.captured_queries) == 2
     assert not any(ASYNC_COMMIT in q["sql"] for q in queries.captured_queries)
 
 

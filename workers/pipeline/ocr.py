@@ -1,4 +1,4 @@
-"""Stage 4: read each crop with Tesseract."""
+"""Stage 4: read each crop: the pack's own line reader (``ctc``) or Tesseract."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ NUMBER = re.compile(r"\d+(?:\.\d+)*")
 @dataclass(frozen=True)
 class Reading:
     text: str
-    confidence: float  # 0-100, Tesseract's mean word confidence; 0 when nothing was read
+    confidence: float  # 0-100 (Tesseract: mean word confidence; ctc: see CtcReader); 0: no text
     raw: str = ""
 
 
@@ -38,7 +38,9 @@ class OcrSettings:
     timeout_ms: int = 500  # per crop
     threads: int = 2
     pattern: str = ""  # when set, the text is the first match of this regex in the raw reading
-    min_confidence: float = 0.0  # a reading less sure than this is reported as no text
+    # A reading less sure than this is reported as no text (unless a ctc reader's second
+    # look keeps it).
+    min_confidence: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> OcrSettings:
@@ -220,7 +222,8 @@ class CtcReader:
     height, its contrast stretched so paper is 0 and ink 1, and padded on the right
     with background. The network is convolutional (``nets.LineReader``), so what it
     reads in a crop does not depend on the other crops in the batch. Confidence is
-    the probability of the least sure character, 0-100.
+    the probability of the least sure character, 0-100 (for a reading kept by the
+    second look, the best of the agreeing readings').
 
     There is no per-crop time limit to enforce: the work is bounded by the crop
     stage's ``max_width``, a few milliseconds for the widest crop on a CPU.
@@ -249,6 +252,7 @@ class CtcReader:
     def from_pack(cls, pack: Any, cfg: dict[str, Any], device: Any) -> CtcReader:
         from workers.pipeline.classify import load_module
 
+        look = SecondLook.from_config(cfg["second_look"]) if "second_look" in cfg else None
         alphabet = cfg.get("alphabet")
         if not isinstance(alphabet, str) or not alphabet:
             raise PackError(
@@ -256,7 +260,6 @@ class CtcReader:
             )
         args = {"num_classes": len(alphabet) + 1, **cfg.get("arch_args", {})}
         module = load_module(pack, {"arch": "line_reader", **cfg, "arch_args": args}, device)
-        look = SecondLook.from_config(cfg["second_look"]) if "second_look" in cfg else None
         return cls(module, alphabet, OcrSettings.from_config(cfg), device, look)
 
     def prepare(self, crop: Image.Image) -> np.ndarray:
@@ -270,7 +273,9 @@ class CtcReader:
         if unsure and self.second_look is not None:
             agreed = self._look_again(crops, readings, unsure)
         return [
-            r if r.confidence >= threshold or k in agreed else Reading("", 0.0, r.raw)
+            Reading(r.text, round(r.confidence, 2), r.raw)
+            if r.confidence >= threshold or k in agreed
+            else Reading("", 0.0, r.raw)
             for k, r in enumerate(readings)
         ]
 
@@ -289,12 +294,11 @@ class CtcReader:
         for j, k in enumerate(unsure):
             votes = [r for r in [readings[k], *again[j * n : (j + 1) * n]] if r.text]
             votes = [r for r in votes if r.confidence >= look.min_confidence]
-            texts = Counter(r.text for r in votes)
-            if texts:
-                text, count = texts.most_common(1)[0]
+            ranked = Counter(r.text for r in votes).most_common(2)
+            if ranked and (len(ranked) == 1 or ranked[0][1] > ranked[1][1]):  # no tie
+                text, count = ranked[0]
                 if count >= look.agree:
-                    best = max(r.confidence for r in votes if r.text == text)
-                    readings[k] = Reading(text, best, readings[k].raw)
+                    readings[k] = max((r for r in votes if r.text == text), key=_confidence)
                     agreed.add(k)
         return agreed
 
@@ -312,7 +316,8 @@ class CtcReader:
                 probs = logits.float().softmax(-1).cpu().numpy()
             for row, k in enumerate(part):
                 out[k] = self.decode(probs[row, : columns[row]])
-        return [r for r in out if r is not None]
+        assert all(r is not None for r in out)
+        return out  # type: ignore[return-value]
 
     def decode(self, probs: np.ndarray) -> Reading:
         """One crop's columns as a reading: greedy CTC and the pack's pattern; the
@@ -320,7 +325,7 @@ class CtcReader:
         raw, sure = ctc_greedy(probs, self.alphabet)
         text = self.settings.clean(raw)
         confidence = 100.0 * min(sure) if text else 0.0
-        return Reading(text, round(confidence, 2), raw)
+        return Reading(text, confidence, raw)
 
 
 @dataclass(frozen=True)
@@ -328,8 +333,8 @@ class SecondLook:
     """How a `ctc` reader reads a crop again when its first reading is below the pack's
     `min_confidence` (manifest: ``ocr.second_look``): the crop stretched by each factor
     in `stretch` and read each time; a text given by at least `agree` of the readings
-    (the first included), each at least `min_confidence` sure, is kept, with the best of
-    their confidences."""
+    (the first included), each at least `min_confidence` sure and more of them than give
+    any other text, is kept, with the best of their confidences."""
 
     stretch: tuple[float, ...] = (0.85, 1.15)
     agree: int = 2
@@ -339,19 +344,31 @@ class SecondLook:
     def from_config(cls, cfg: Any) -> SecondLook:
         if not isinstance(cfg, dict):
             raise PackError("ocr.second_look must be an object (stretch, agree, min_confidence)")
-        look = cls(
-            stretch=tuple(float(f) for f in cfg.get("stretch", cls.stretch)),
-            agree=int(cfg.get("agree", cls.agree)),
-            min_confidence=float(cfg.get("min_confidence", cls.min_confidence)),
-        )
+        try:
+            look = cls(
+                stretch=tuple(float(f) for f in cfg.get("stretch", cls.stretch)),
+                agree=int(cfg.get("agree", cls.agree)),
+                min_confidence=float(cfg.get("min_confidence", cls.min_confidence)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise PackError(
+                "ocr.second_look: stretch is a list of numbers, agree an integer, "
+                f"min_confidence a number ({exc})"
+            ) from None
         if not look.stretch or not all(0.25 <= f <= 4 for f in look.stretch):
             raise PackError("ocr.second_look.stretch: one or more factors from 0.25 to 4")
+        if not 0 <= look.min_confidence <= 100:
+            raise PackError("ocr.second_look.min_confidence: from 0 to 100")
         if not 2 <= look.agree <= len(look.stretch) + 1:
             raise PackError(
                 "ocr.second_look.agree: at least 2 and at most the number of readings "
                 f"({len(look.stretch) + 1})"
             )
         return look
+
+
+def _confidence(reading: Reading) -> float:
+    return reading.confidence
 
 
 def _stretched(crop: Image.Image, factor: float) -> Image.Image:
@@ -362,6 +379,8 @@ def _stretched(crop: Image.Image, factor: float) -> Image.Image:
 def load_reader(cfg: dict[str, Any], pack: Any = None, device: Any = None) -> Reader:
     settings = OcrSettings.from_config(cfg)
     backend = cfg.get("backend", "tesserocr")
+    if "second_look" in cfg and backend != "ctc":
+        raise PackError(f"ocr.second_look is for the 'ctc' reader, not {backend!r}")
     if backend == "tesserocr":
         return TesserocrReader(settings)
     if backend == "pytesseract":
