@@ -269,38 +269,41 @@ class CtcReader:
         readings = self._read_arrays([self.prepare(c) for c in crops])
         threshold = self.settings.min_confidence
         unsure = [k for k, r in enumerate(readings) if r.text and r.confidence < threshold]
-        agreed: set[int] = set()
+        kept: dict[int, Reading] = {}
         if unsure and self.second_look is not None:
-            agreed = self._look_again(crops, readings, unsure)
+            kept = self._look_again(crops, readings, unsure)
         return [
             Reading(r.text, round(r.confidence, 2), r.raw)
-            if r.confidence >= threshold or k in agreed
-            else Reading("", 0.0, r.raw)
+            if r.confidence >= threshold
+            else kept.get(k) or Reading("", 0.0, r.raw)
             for k, r in enumerate(readings)
         ]
 
     def _look_again(
         self, crops: list[Image.Image], readings: list[Reading], unsure: list[int]
-    ) -> set[int]:
+    ) -> dict[int, Reading]:
         """Read each unsure crop again, stretched and squeezed; where enough readings agree,
-        each sure enough, keep that text (in ``readings``). The indices kept."""
+        each sure enough, keep that text: the kept readings, by crop index."""
         look = self.second_look
         assert look is not None
         n = len(look.stretch)
         again = self._read_arrays(
             [self.prepare(_stretched(crops[k], f)) for k in unsure for f in look.stretch]
         )
-        agreed = set()
+        kept = {}
         for j, k in enumerate(unsure):
-            votes = [r for r in [readings[k], *again[j * n : (j + 1) * n]] if r.text]
-            votes = [r for r in votes if r.confidence >= look.min_confidence]
+            votes = [
+                r
+                for r in [readings[k], *again[j * n : (j + 1) * n]]
+                if r.text and r.confidence >= look.min_confidence
+            ]
             ranked = Counter(r.text for r in votes).most_common(2)
             if ranked and (len(ranked) == 1 or ranked[0][1] > ranked[1][1]):  # no tie
                 text, count = ranked[0]
                 if count >= look.agree:
-                    readings[k] = max((r for r in votes if r.text == text), key=_confidence)
-                    agreed.add(k)
-        return agreed
+                    best = max((r for r in votes if r.text == text), key=lambda r: r.confidence)
+                    kept[k] = Reading(best.text, round(best.confidence, 2), best.raw)
+        return kept
 
     def _read_arrays(self, arrays: list[np.ndarray]) -> list[Reading]:
         """Prepared crops, read in batches of similar width; no threshold applied."""
@@ -336,6 +339,8 @@ class SecondLook:
     (the first included), each at least `min_confidence` sure and more of them than give
     any other text, is kept, with the best of their confidences."""
 
+    # The reference pack's settings, chosen on validation pages with pack 1.2.0's reader
+    # (docs/models.md); `workers.training pack` writes them.
     stretch: tuple[float, ...] = (0.85, 1.15)
     agree: int = 2
     min_confidence: float = 70.0
@@ -365,10 +370,6 @@ class SecondLook:
                 f"({len(look.stretch) + 1})"
             )
         return look
-
-
-def _confidence(reading: Reading) -> float:
-    return reading.confidence
 
 
 def _stretched(crop: Image.Image, factor: float) -> Image.Image:

@@ -9,6 +9,7 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -35,6 +36,7 @@ def reference_manifest(name: str, version: str, ocr: str = "ctc") -> dict:
     ``ocr`` is ``ctc`` (the pack's own line reader, ``reader.pt``) or ``tesserocr``
     (Tesseract, no weights of ours).
     """
+    from workers.pipeline.ocr import SecondLook
     from workers.training import train_classifier, train_detector, train_reader
 
     reader = {
@@ -45,9 +47,8 @@ def reference_manifest(name: str, version: str, ocr: str = "ctc") -> dict:
         "alphabet": train_reader.ALPHABET,
         "pattern": r"\d+(?:\.\d+)*",
         "min_confidence": 80.0,
-        # An unsure reading is kept when the crop stretched and squeezed reads the same
-        # (ocr.CtcReader): chosen on validation pages with pack 1.2.0's reader.
-        "second_look": {"stretch": [0.85, 1.15], "agree": 2, "min_confidence": 70.0},
+        # An unsure reading is kept when the crop stretched and squeezed reads the same.
+        "second_look": asdict(SecondLook()),
     }
 
     return {
