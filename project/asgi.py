@@ -1,18 +1,22 @@
 """ASGI entry point: HTTP through Django, WebSockets through Channels.
 
-daphne -b 127.0.0.1 -p 8000 project.asgi:application
+Served by uvicorn as the Procfile says (web).
 """
 
 from __future__ import annotations
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
 # Django must be set up before anything that imports models.
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)
+
+from project.asgi_handler import SyncStackASGIHandler  # noqa: E402
+
+django_asgi_app = SyncStackASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
