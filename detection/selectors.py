@@ -26,8 +26,12 @@ def jobs_of(owner: Any, status: str | None = None) -> QuerySet[Job]:
 
 
 def job_of(owner: Any, job_id: uuid.UUID | str) -> Job:
-    """The owner's job; Job.DoesNotExist for anyone else's, so it reads as a 404."""
-    return Job.objects.prefetch_related("regions").get(id=job_id, owner=owner)
+    """The owner's job; Job.DoesNotExist for anyone else's, so it reads as a 404.
+
+    Its regions are not fetched with it: only a succeeded job has any, and job_payload
+    reads them (one query) only then; the file views need none.
+    """
+    return Job.objects.get(id=job_id, owner=owner)
 
 
 def job_by_idempotency_key(owner: Any, key: str) -> Job | None:

@@ -7,11 +7,13 @@ import re
 import pytest
 from django.conf import settings
 from django.contrib.staticfiles import finders
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from detection import jobs
 from detection.api.throttles import SubmitThrottle
-from detection.models import Job, Status
+from detection.models import Job, Region, Status
 
 from .conftest import image_bytes, queued_job_without_message, upload
 
@@ -87,6 +89,21 @@ def test_another_users_job_is_a_404_everywhere(alice, bob_api) -> None:
     assert [a.status_code for a in answers] == [404] * 6
     assert {a.json()["code"] for a in answers} == {"not_found"}
     assert Job.objects.get(id=job.id).status == Status.QUEUED
+
+
+def test_a_job_s_regions_are_read_only_when_it_has_some(alice, alice_api) -> None:
+    job = queued_job_without_message(alice)
+    with CaptureQueriesContext(connection) as queued:
+        assert alice_api.get(f"/api/v1/jobs/{job.id}/").json()["regions"] == []
+    Job.objects.filter(id=job.id).update(status=Status.SUCCEEDED)
+    box = {"x0": 1, "y0": 2, "x1": 30, "y1": 12, "label": "number", "score": 0.9}
+    Region.objects.create(job=job, index=0, text="3.14", confidence=90, **box)
+    with CaptureQueriesContext(connection) as succeeded:
+        answer = alice_api.get(f"/api/v1/jobs/{job.id}/").json()
+
+    assert not [q for q in queued.captured_queries if "detection_region" in q["sql"]]
+    assert [r["text"] for r in answer["regions"]] == ["3.14"]
+    assert len(succeeded.captured_queries) == len(queued.captured_queries) + 1
 
 
 def test_it_serves_the_input_image_only_to_its_owner(alice, alice_api) -> None:
