@@ -170,20 +170,22 @@ def sweep(
     confidence threshold, from one pass over the pages: for choosing a pack's thresholds
     on a validation set (``generate --split val``), never on the held-out one.
 
-    The reader's second look (``ocr.second_look``) is off here: which crops it reads again
-    depends on the confidence threshold, which one pass cannot vary. The table is the
-    plain reader's; evaluate the pack itself for what the second look adds."""
+    The reader's second look (``ocr.second_look``) and its numbering (``ocr.numbering``)
+    are off here: which readings they revisit depends on the confidence threshold, which
+    one pass cannot vary. The table is the plain reader's; evaluate the pack itself for
+    what they add."""
     from dataclasses import replace
 
     detector, reader = pipeline.detector, pipeline.reader
     saved = (getattr(detector, "score_threshold", None), getattr(reader, "settings", None))
-    second_look = getattr(reader, "second_look", None)
+    revisits = {k: getattr(reader, k, None) for k in ("second_look", "numbering")}
     if saved[0] is None or saved[1] is None:
         raise SystemExit("--sweep needs a detector with score_threshold and a reader with settings")
     detector.score_threshold = min(scores)
     reader.settings = replace(saved[1], min_confidence=0.0)
-    if second_look is not None:
-        reader.second_look = None
+    for name, value in revisits.items():
+        if value is not None:
+            setattr(reader, name, None)
     pages = []
     try:
         for label in read_labels(data_dir)[:limit]:
@@ -193,8 +195,9 @@ def sweep(
             pages.append((truths, regions))
     finally:
         detector.score_threshold, reader.settings = saved
-        if second_look is not None:
-            reader.second_look = second_look
+        for name, value in revisits.items():
+            if value is not None:
+                setattr(reader, name, value)
     positives = sum(len(t) for t, _ in pages)
     table = []
     for s in scores:

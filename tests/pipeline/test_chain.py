@@ -161,15 +161,15 @@ def test_the_threshold_sweep_agrees_with_the_evaluation_at_the_packs_thresholds(
     score = pipeline.detector.score_threshold
     confidence = pipeline.reader.settings.min_confidence
     table = sweep(pipeline, data, scores=(score, 0.99), confidences=(confidence, 99.0))
-    # The sweep's table is the plain reader's (no second look), and leaves the pack as
-    # it found it.
-    look = pipeline.reader.second_look
-    assert look is not None
-    pipeline.reader.second_look = None
+    # The sweep's table is the plain reader's (no second look, no numbering), and
+    # leaves the pack as it found it.
+    look, numbering = pipeline.reader.second_look, pipeline.reader.numbering
+    assert look is not None and numbering is not None
+    pipeline.reader.second_look = pipeline.reader.numbering = None
     try:
         report = evaluate(pipeline, data)
     finally:
-        pipeline.reader.second_look = look
+        pipeline.reader.second_look, pipeline.reader.numbering = look, numbering
     [row] = [
         r for r in table if r["score_threshold"] == score and r["min_confidence"] == confidence
     ]
@@ -193,3 +193,4 @@ def test_the_threshold_sweep_agrees_with_the_evaluation_at_the_packs_thresholds(
         score,
         confidence,
     )
+    assert (pipeline.reader.second_look, pipeline.reader.numbering) == (look, numbering)

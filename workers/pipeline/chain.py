@@ -84,21 +84,30 @@ class Pipeline:
         t0 = time.perf_counter()
         flat = [c for i in detections for c in crops[i]]
         readings = iter(self.reader.read(flat))
+        # Each image's regions in reading order; a reader that knows how problems are
+        # numbered (CtcReader.follow_numbering) then checks its unsure ones against
+        # the sequence.
+        follow = getattr(self.reader, "follow_numbering", None)
+        pages = {}
+        for i, dets in detections.items():
+            texts = [next(readings) for _ in dets]
+            order = reading_order([d.box for d in dets])
+            texts = [texts[k] for k in order]
+            pages[i] = (order, follow(texts) if follow is not None else texts)
         timings["ocr"] = _ms_since(t0) / n
 
-        texts = {i: [next(readings) for _ in dets] for i, dets in detections.items()}
         results = []
         for i, verdict in enumerate(detected.verdicts):
             dets, cuts = detections.get(i, []), crops.get(i, [])
+            order, texts = pages.get(i, ([], []))
             regions = [
-                Region(d.box, d.label, d.score, r.text, r.confidence)
-                for d, r in zip(dets, texts.get(i, []), strict=True)
+                Region(dets[k].box, dets[k].label, dets[k].score, r.text, r.confidence)
+                for k, r in zip(order, texts, strict=True)
             ]
-            order = reading_order([r.box for r in regions])
             results.append(
                 ImageResult(
                     classification=verdict,
-                    regions=[regions[k] for k in order],
+                    regions=regions,
                     timings_ms=dict(timings),
                     width=rgb[i].width,
                     height=rgb[i].height,

@@ -8,12 +8,13 @@ import re
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
+from workers.pipeline.numbering import Numbering, follow
 from workers.pipeline.pack import PackError
 
 NUMBER = re.compile(r"\d+(?:\.\d+)*")
@@ -24,6 +25,8 @@ class Reading:
     text: str
     confidence: float  # 0-100 (Tesseract: mean word confidence; ctc: see CtcReader); 0: no text
     raw: str = ""
+    # ctc: the network's output for the crop, (columns, classes) probabilities
+    columns: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 class Reader(Protocol):
@@ -197,6 +200,29 @@ def pad_batch(arrays: list[np.ndarray], margin: int, stride: int) -> tuple[np.nd
     return batch, [-(-a.shape[1] // stride) for a in arrays]
 
 
+def ctc_probability(probs: np.ndarray, labels: list[int]) -> float:
+    """The probability that ``(columns, classes)`` output spells ``labels`` (class
+    indices, blank 0): the sum over every CTC alignment, by the forward algorithm in
+    log space."""
+    if probs.shape[0] == 0:
+        return 0.0
+    ext = np.zeros(2 * len(labels) + 1, dtype=np.int64)
+    ext[1::2] = labels
+    logp = np.log(np.maximum(probs[:, ext], 1e-30))
+    # A path may skip the blank between two different characters.
+    skip = np.zeros(len(ext), bool)
+    skip[2:] = (ext[2:] != 0) & (ext[2:] != ext[:-2])
+    alpha = np.full(len(ext), -np.inf)
+    alpha[: min(2, len(ext))] = logp[0, : min(2, len(ext))]
+    for t in range(1, probs.shape[0]):
+        step = alpha.copy()
+        step[1:] = np.logaddexp(step[1:], alpha[:-1])
+        step[2:] = np.where(skip[2:], np.logaddexp(step[2:], alpha[:-2]), step[2:])
+        alpha = step + logp[t]
+    end = alpha[-1] if len(ext) == 1 else np.logaddexp(alpha[-1], alpha[-2])
+    return float(np.exp(end))
+
+
 def ctc_greedy(probs: np.ndarray, alphabet: str) -> tuple[str, list[float]]:
     """Greedy CTC over ``(columns, classes)`` probabilities, class 0 the blank: the best
     class per column, repeats merged, blanks dropped. Returns the text and each
@@ -238,12 +264,14 @@ class CtcReader:
         settings: OcrSettings,
         device: Any,
         second_look: SecondLook | None = None,
+        numbering: Numbering | None = None,
     ) -> None:
         self.module = module
         self.alphabet = alphabet
         self.settings = settings
         self.device = device
         self.second_look = second_look
+        self.numbering = numbering
         self.height = int(module.height)
         self.margin = int(module.RECEPTIVE_FIELD) // 2
         self.chunk = 64
@@ -253,6 +281,7 @@ class CtcReader:
         from workers.pipeline.classify import load_module
 
         look = SecondLook.from_config(cfg["second_look"]) if "second_look" in cfg else None
+        sequence = Numbering.from_config(cfg["numbering"]) if "numbering" in cfg else None
         alphabet = cfg.get("alphabet")
         if not isinstance(alphabet, str) or not alphabet:
             raise PackError(
@@ -260,7 +289,7 @@ class CtcReader:
             )
         args = {"num_classes": len(alphabet) + 1, **cfg.get("arch_args", {})}
         module = load_module(pack, {"arch": "line_reader", **cfg, "arch_args": args}, device)
-        return cls(module, alphabet, OcrSettings.from_config(cfg), device, look)
+        return cls(module, alphabet, OcrSettings.from_config(cfg), device, look, sequence)
 
     def prepare(self, crop: Image.Image) -> np.ndarray:
         return prepare_crop(crop, self.height)
@@ -272,12 +301,45 @@ class CtcReader:
         kept: dict[int, Reading] = {}
         if unsure and self.second_look is not None:
             kept = self._look_again(crops, readings, unsure)
+        # An unsure crop keeps its columns, for the page's numbering to weigh.
         return [
             Reading(r.text, round(r.confidence, 2), r.raw)
             if r.confidence >= threshold
-            else kept.get(k) or Reading("", 0.0, r.raw)
+            else replace(kept.get(k) or Reading("", 0.0, r.raw), columns=r.columns)
             for k, r in enumerate(readings)
         ]
+
+    def follow_numbering(self, readings: list[Reading]) -> list[Reading]:
+        """One page's readings in reading order; where one is unsure (no text, or less
+        sure than the pack's `min_confidence`) and its crop gives the number the sure
+        numbers around it expect (workers.pipeline.numbering) at least
+        `numbering.min_probability`, that number, with that probability as confidence."""
+        if self.numbering is None:
+            return readings
+        threshold = self.settings.min_confidence
+        sure = [bool(r.text) and r.confidence >= threshold for r in readings]
+
+        def probability(position: int, text: str) -> float:
+            columns = readings[position].columns
+            return 0.0 if columns is None else self.probability(columns, text)
+
+        texts = [r.text for r in readings]
+        taken = follow(texts, sure, probability, self.numbering.min_probability)
+        return [
+            Reading(taken[k][0], round(100 * taken[k][1], 2), r.raw) if k in taken else r
+            for k, r in enumerate(readings)
+        ]
+
+    def probability(self, columns: np.ndarray, text: str) -> float:
+        """How likely the crop with this output says `text`, bare or with the full stop
+        problem books print after a number (what the pack's pattern leaves out)."""
+        if not text or any(ch not in self.alphabet for ch in text):
+            return 0.0
+        labels = [self.alphabet.index(ch) + 1 for ch in text]
+        total = ctc_probability(columns, labels)
+        if "." in self.alphabet:
+            total += ctc_probability(columns, [*labels, self.alphabet.index(".") + 1])
+        return min(1.0, total)
 
     def _look_again(
         self, crops: list[Image.Image], readings: list[Reading], unsure: list[int]
@@ -328,7 +390,7 @@ class CtcReader:
         raw, sure = ctc_greedy(probs, self.alphabet)
         text = self.settings.clean(raw)
         confidence = 100.0 * min(sure) if text else 0.0
-        return Reading(text, confidence, raw)
+        return Reading(text, confidence, raw, probs)
 
 
 @dataclass(frozen=True)
@@ -380,8 +442,9 @@ def _stretched(crop: Image.Image, factor: float) -> Image.Image:
 def load_reader(cfg: dict[str, Any], pack: Any = None, device: Any = None) -> Reader:
     settings = OcrSettings.from_config(cfg)
     backend = cfg.get("backend", "tesserocr")
-    if "second_look" in cfg and backend != "ctc":
-        raise PackError(f"ocr.second_look is for the 'ctc' reader, not {backend!r}")
+    for ctc_only in ("second_look", "numbering"):
+        if ctc_only in cfg and backend != "ctc":
+            raise PackError(f"ocr.{ctc_only} is for the 'ctc' reader, not {backend!r}")
     if backend == "tesserocr":
         return TesserocrReader(settings)
     if backend == "pytesseract":

@@ -36,6 +36,7 @@ def reference_manifest(name: str, version: str, ocr: str = "ctc") -> dict:
     ``ocr`` is ``ctc`` (the pack's own line reader, ``reader.pt``) or ``tesserocr``
     (Tesseract, no weights of ours).
     """
+    from workers.pipeline.numbering import Numbering
     from workers.pipeline.ocr import SecondLook
     from workers.training import train_classifier, train_detector, train_reader
 
@@ -49,6 +50,9 @@ def reference_manifest(name: str, version: str, ocr: str = "ctc") -> dict:
         "min_confidence": 80.0,
         # An unsure reading is kept when the crop stretched and squeezed reads the same.
         "second_look": asdict(SecondLook()),
+        # An unsure reading between sure ones is checked against the number the
+        # sequence expects there.
+        "numbering": asdict(Numbering()),
     }
 
     return {
