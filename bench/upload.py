@@ -2,7 +2,7 @@
 
 Starts web exactly as the Procfile serves it, on a database and a redis-server of its
 own (bench/stack.py), then, from one asyncio client with ``--clients`` connections on
-loopback, runs three phases of ``--seconds`` each against the same server:
+loopback, runs five phases of ``--seconds`` each against the same server:
 
 1. ``get``: ``GET /api/v1/jobs/{id}/`` of a stored job, the floor of an authenticated
    API request (token lookup, one job query, the JSON), for the ratio;
@@ -10,7 +10,10 @@ loopback, runs three phases of ``--seconds`` each against the same server:
    them (camera EXIF, upright), validation on: sniffed, bounded, fully decoded,
    normalised, stored, job row written, Celery message sent;
 3. ``upload_rotated``: the same photos stored sideways with EXIF orientation 6, which
-   must be turned (and so re-encoded) before they are stored.
+   must be turned (and so re-encoded) before they are stored;
+4. and 5. ``get_alone``, ``upload_alone``: phases 1 and 2 from one connection, one
+   request at a time: a request's own latency on an idle server (to compare two
+   versions of the code, run it on each checkout in the order A B B A).
 
 No worker runs: jobs stay queued and their messages wait in the benchmark's own Redis,
 which the measure does not depend on. ``--db-pool`` (20) sets DATABASE_POOL_MAX_SIZE;
@@ -194,13 +197,19 @@ async def measure(stack: BenchStack, web, tokens: list[str], args: argparse.Name
     stop = asyncio.Event()
     sampling = asyncio.create_task(sampler.run(stop))
     rss_start = rss_mb(web.pid)
-    phases = [Phase("get"), Phase("upload"), Phase("upload_rotated")]
-    requests = {"get": get, "upload": post("upload"), "upload_rotated": post("upload_rotated")}
-    for phase in phases:
+    # The three loaded phases, then GET and upload from one client, one request at a
+    # time: a request's own latency on an otherwise idle server.
+    runs = [
+        (Phase("get"), args.clients, get),
+        (Phase("upload"), args.clients, post("upload")),
+        (Phase("upload_rotated"), args.clients, post("upload_rotated")),
+        (Phase("get_alone"), 1, get),
+        (Phase("upload_alone"), 1, post("upload")),
+    ]
+    phases = [phase for phase, _, _ in runs]
+    for phase, clients, request in runs:
         profiler = _profile(web.pid, phase.name, args) if args.profile else None
-        await run_phase(
-            phase, stack.url, args.clients, args.seconds, tokens, requests[phase.name], web.pid
-        )
+        await run_phase(phase, stack.url, clients, args.seconds, tokens, request, web.pid)
         if profiler is not None:
             profiler.wait(timeout=60)
     stop.set()
