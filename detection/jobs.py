@@ -216,39 +216,46 @@ def job_renew_lease(claim: Claim) -> bool:
 
 
 def job_complete(claim: Claim, reading: Reading) -> bool:
-    """Write every region and crop at once; False if not ours."""
-    with transaction.atomic():
-        job = (
-            Job.objects.select_for_update()
-            .filter(id=claim.job_id, status=Status.RUNNING, attempts=claim.attempt)
-            .first()
-        )
-        if job is None:
-            return False
-        written: list[str] = []
-        try:
-            regions = []
-            for index, r in enumerate(reading.regions):
-                crop = default_storage.save(
-                    f"{job.media_dir}/crop-{claim.attempt}-{index:03d}.png",
+    """Write every region and crop at once; False if not ours.
+
+    The crops are stored first, named by attempt so no other attempt's collide; then one
+    transaction of two statements: the update that finishes the job, only while this
+    attempt still holds it (the fence, and the row lock until commit), and the regions.
+    A job that is no longer ours (canceled, taken back, deleted) gets none of it, and
+    the crops go again.
+    """
+    written: list[str] = []
+    try:
+        for index, r in enumerate(reading.regions):
+            written.append(
+                default_storage.save(
+                    f"jobs/{claim.job_id}/crop-{claim.attempt}-{index:03d}.png",
                     ContentFile(r.crop_png),
                 )
-                written.append(crop)
-                x0, y0, x1, y1 = (float(v) for v in r.box)
-                regions.append(
+            )
+        with transaction.atomic():
+            job = _update_returning(
+                _claimed(claim), publish=False, **_reading_values(reading, Status.SUCCEEDED)
+            )
+            if job is not None:
+                regions = [
                     Region(
-                        job=job, index=index, x0=x0, y0=y0, x1=x1, y1=y1, label=r.label,
-                        score=r.score, crop=crop, text=r.text, confidence=r.confidence,
+                        job=job, index=index, x0=float(r.box[0]), y0=float(r.box[1]),
+                        x1=float(r.box[2]), y1=float(r.box[3]), label=r.label, score=r.score,
+                        crop=crop, text=r.text, confidence=r.confidence,
                     )
-                )  # fmt: skip
-            Region.objects.bulk_create(regions)
-            _set_reading(job, reading, Status.SUCCEEDED)
-            job.save(update_fields=READING_FIELDS)
-        except BaseException:
-            for name in written:
-                default_storage.delete(name)
-            raise
-        _after_commit_publish(job, regions)
+                    for index, (r, crop) in enumerate(zip(reading.regions, written, strict=True))
+                ]  # fmt: skip
+                Region.objects.bulk_create(regions)
+                _after_commit_publish(job, regions)
+    except BaseException:
+        _delete_files(written)
+        raise
+    if job is None:
+        _delete_files(written)
+        if not Job.objects.filter(id=claim.job_id).exists():
+            _remove_files(str(claim.job_id))  # deleted meanwhile: no folder comes back
+        return False
     return True
 
 
@@ -278,18 +285,9 @@ def job_annotated_image(job: Job) -> FieldFile | None:
 
 def job_reject(claim: Claim, reading: Reading) -> bool:
     """The classifier judged the image not relevant: no detection ran."""
-    with transaction.atomic():
-        job = (
-            Job.objects.select_for_update()
-            .filter(id=claim.job_id, status=Status.RUNNING, attempts=claim.attempt)
-            .first()
-        )
-        if job is None:
-            return False
-        _set_reading(job, reading, Status.REJECTED)
-        job.save(update_fields=READING_FIELDS)
-        _after_commit_publish(job)
-    return True
+    return (
+        _update_returning(_claimed(claim), **_reading_values(reading, Status.REJECTED)) is not None
+    )
 
 
 def job_fail(claim: Claim, code: str, message: str) -> bool:
@@ -468,9 +466,13 @@ def _lease() -> timedelta:
     return timedelta(seconds=settings.SNAPREAD_LEASE_SECONDS)
 
 
+def _claimed(claim: Claim) -> QuerySet[Job]:
+    """The job while this attempt still holds it."""
+    return Job.objects.filter(id=claim.job_id, status=Status.RUNNING, attempts=claim.attempt)
+
+
 def _running_update(claim: Claim, *, durable: bool = True, **values: Any) -> bool:
-    running = Job.objects.filter(id=claim.job_id, status=Status.RUNNING, attempts=claim.attempt)
-    return _update_returning(running, durable=durable, **values) is not None
+    return _update_returning(_claimed(claim), durable=durable, **values) is not None
 
 
 # In a statement's condition: SET LOCAL synchronous_commit TO OFF for its transaction,
@@ -480,9 +482,12 @@ _ASYNC_COMMIT = RawSQL(
 )
 
 
-def _update_returning(jobs: QuerySet[Job], *, durable: bool = True, **values: Any) -> Job | None:
+def _update_returning(
+    jobs: QuerySet[Job], *, durable: bool = True, publish: bool = True, **values: Any
+) -> Job | None:
     """``jobs.update(**values)`` as one ``UPDATE ... RETURNING`` statement, published after
-    commit: the updated job, or None when no row matched.
+    commit (unless ``publish`` is off: the caller publishes): the updated job, or None
+    when no row matched.
 
     A worker makes five such updates per job (the claim, then each stage); as one
     statement each is one round trip to PostgreSQL instead of four (begin, update,
@@ -511,37 +516,25 @@ def _update_returning(jobs: QuerySet[Job], *, durable: bool = True, **values: An
     # worker would: the lease runs out and the sweeper takes the job back); inside a
     # caller's transaction it is part of that, and the publish waits for its commit.
     job = next(iter(Job.objects.raw(f"{sql} RETURNING {columns}", params, using=using)), None)
-    if job is not None:
+    if job is not None and publish:
         _after_commit_publish(job)
     return job
 
 
-# What _set_reading sets: a finished job's save writes these and nothing else.
-READING_FIELDS = (
-    "status",
-    "stage",
-    "classification_label",
-    "classification_score",
-    "classification_relevant",
-    "pack_name",
-    "pack_version",
-    "timings_ms",
-    "lease_expires_at",
-    "finished_at",
-)
-
-
-def _set_reading(job: Job, reading: Reading, status: Status) -> None:
-    job.status = status
-    job.stage = ""
-    job.classification_label = reading.label[:100]
-    job.classification_score = reading.score
-    job.classification_relevant = reading.relevant
-    job.pack_name = reading.pack_name[:100]
-    job.pack_version = reading.pack_version[:100]
-    job.timings_ms = {k: round(float(v), 2) for k, v in reading.timings_ms.items()}
-    job.lease_expires_at = None
-    job.finished_at = timezone.now()
+def _reading_values(reading: Reading, status: Status) -> dict[str, Any]:
+    """A finished attempt's columns: the outcome, what the chain said, the lease gone."""
+    return {
+        "status": status,
+        "stage": "",
+        "classification_label": reading.label[:100],
+        "classification_score": reading.score,
+        "classification_relevant": reading.relevant,
+        "pack_name": reading.pack_name[:100],
+        "pack_version": reading.pack_version[:100],
+        "timings_ms": {k: round(float(v), 2) for k, v in reading.timings_ms.items()},
+        "lease_expires_at": None,
+        "finished_at": timezone.now(),
+    }
 
 
 def _after_commit_publish(job: Job, regions: list[Region] | None = None) -> None:

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -180,6 +181,64 @@ def test_the_finished_job_is_published_with_the_regions_just_written(
     stored = Job.objects.get(id=job.id)
     assert finished == job_payload(stored)  # what a reader of the row sees
     assert [r["text"] for r in finished["regions"]] == ["3.14", "3.14"]
+
+
+def _reading_with_crops(count: int) -> jobs.Reading:
+    region = jobs.RegionReading(
+        box=(1.0, 2.0, 30.0, 20.0), label="number", score=0.95, text="3.14", confidence=97.0,
+        crop_png=b"\x89PNG",
+    )  # fmt: skip
+    return jobs.Reading(
+        label="page", score=0.9, relevant=True, pack_name="p", pack_version="1",
+        regions=[region] * count,
+    )  # fmt: skip
+
+
+def _crops_of(job_id: object) -> list[str]:
+    folder = f"jobs/{job_id}"
+    if not default_storage.exists(folder):
+        return []
+    return sorted(f for f in default_storage.listdir(folder)[1] if f.startswith("crop-"))
+
+
+def test_the_completion_is_one_fenced_update_and_one_insert(alice) -> None:
+    job = queued_job_without_message(alice)
+    claim = jobs.job_claim(job.id, "w1")
+    with CaptureQueriesContext(connection) as queries:
+        assert jobs.job_complete(claim, _reading_with_crops(3))
+    statements = [q["sql"].split()[0] for q in queries.captured_queries]
+    # (SAVEPOINT and RELEASE: pytest-django's transaction stands for the commit.)
+    assert [s for s in statements if s not in ("SAVEPOINT", "RELEASE")] == ["UPDATE", "INSERT"]
+    assert _crops_of(job.id) == ["crop-1-000.png", "crop-1-001.png", "crop-1-002.png"]
+    assert Region.objects.filter(job=job).count() == 3
+
+
+def test_a_completion_that_is_not_ours_leaves_no_crops(alice) -> None:
+    canceled = queued_job_without_message(alice)
+    claim = jobs.job_claim(canceled.id, "w1")
+    jobs.job_cancel(canceled.id, alice)
+    assert not jobs.job_complete(claim, _reading_with_crops(2))
+    assert _crops_of(canceled.id) == [] and not Region.objects.filter(job=canceled).exists()
+    assert default_storage.exists(canceled.image.name)  # its photo stays
+
+    deleted = queued_job_without_message(alice)
+    claim = jobs.job_claim(deleted.id, "w1")
+    jobs.job_delete(deleted.id, alice)
+    assert not jobs.job_complete(claim, _reading_with_crops(2))
+    assert not default_storage.exists(f"jobs/{deleted.id}")  # no folder comes back
+
+
+def test_a_rejection_is_one_fenced_update(alice) -> None:
+    job = queued_job_without_message(alice)
+    claim = jobs.job_claim(job.id, "w1")
+    with CaptureQueriesContext(connection) as queries:
+        assert jobs.job_reject(claim, READING)
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["UPDATE"]
+    job.refresh_from_db()
+    assert (job.status, job.classification_label, job.lease_expires_at) == (
+        Status.REJECTED, "page", None,
+    )  # fmt: skip
+    assert not jobs.job_reject(claim, READING)
 
 
 def test_it_refuses_an_unknown_stage(alice) -> None:
