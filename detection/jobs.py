@@ -547,8 +547,12 @@ def _after_commit_publish(job: Job, regions: list[Region] | None = None) -> None
 
 def _publish(job_id: str, payload: dict | None) -> None:
     message = {"type": "job.update", "job": payload} if payload else {"type": "job.deleted"}
+    # A running job's progress (its claim, each stage, a lease renewal) goes out without
+    # the worker waiting for it; every other state is waited for. Either way a job's
+    # updates reach its watchers in the order they were made (detection.live).
+    progress = payload is not None and payload["status"] == Status.RUNNING
     try:
-        live.group_send(job_group(job_id), message)
+        live.group_send(job_group(job_id), message, wait=not progress)
     except Exception:
         # Live updates are a convenience; the row is the truth and clients can poll.
         log.exception("could not publish job %s", job_id)

@@ -85,3 +85,67 @@ def test_it_refuses_to_block_a_running_event_loop() -> None:
 
     with pytest.raises(RuntimeError, match="running event loop"):
         asyncio.run(on_a_loop())
+
+
+@pytest.fixture
+def held_sends(monkeypatch):
+    """The channel layer's sends, each first waiting for its number's event (if any)
+    and then for its delay: sends that take uneven time, in the test's hands."""
+    layer = get_channel_layer()
+    real = layer.group_send
+    gates: dict[object, threading.Event] = {}
+    delays: dict[object, float] = {}
+    sent: list[object] = []
+
+    async def held(group: str, message: dict) -> None:
+        gate = gates.get(message.get("n"))
+        if gate is not None:
+            await asyncio.get_running_loop().run_in_executor(None, gate.wait, 10)
+        await asyncio.sleep(delays.get(message.get("n"), 0))
+        await real(group, message)
+        sent.append(message.get("n"))
+
+    monkeypatch.setattr(layer, "group_send", held)
+    return gates, delays, sent
+
+
+def test_updates_not_waited_for_go_out_in_order_however_long_each_takes(held_sends) -> None:
+    gates, delays, sent = held_sends
+    channel = new_member("job.live-uneven")
+    gates[0] = threading.Event()
+    delays.update({2: 0.03, 5: 0.01, 9: 0.02})
+
+    for n in range(12):
+        # Returns at once, although the first send is held until released below.
+        live.group_send("job.live-uneven", {"type": "job.update", "n": n}, wait=False)
+    assert sent == []  # every later send waits its turn behind the held one
+    gates[0].set()
+    # A waited send goes after every one handed over before it.
+    live.group_send("job.live-uneven", {"type": "job.update", "n": "last"})
+
+    assert [m["n"] for m in receive_all(channel, 13)] == [*range(12), "last"]
+
+
+def test_a_send_held_up_does_not_hold_up_other_groups(held_sends) -> None:
+    gates, _, _ = held_sends
+    held, free = new_member("job.live-held"), new_member("job.live-free")
+    gates["held"] = threading.Event()
+    live.group_send("job.live-held", {"type": "job.update", "n": "held"}, wait=False)
+    live.group_send("job.live-free", {"type": "job.update", "n": "free"})  # waits: not held
+    assert [m["n"] for m in receive_all(free, 1)] == ["free"]
+    gates["held"].set()
+    assert [m["n"] for m in receive_all(held, 1)] == ["held"]
+
+
+def test_updates_not_waited_for_are_dropped_past_the_limit(held_sends, monkeypatch, caplog) -> None:
+    gates, _, _ = held_sends
+    channel = new_member("job.live-limit")
+    monkeypatch.setattr(live, "MAX_PENDING", 2)
+    gates[0] = threading.Event()
+    for n in range(4):
+        live.group_send("job.live-limit", {"type": "job.update", "n": n}, wait=False)
+    gates[0].set()
+    live.group_send("job.live-limit", {"type": "job.update", "n": "last"})
+
+    assert [m["n"] for m in receive_all(channel, 3)] == [0, 1, "last"]
+    assert "dropped an update to job.live-limit" in caplog.text
