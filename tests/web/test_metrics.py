@@ -119,11 +119,14 @@ def test_the_worker_serves_job_stage_and_batch_metrics_after_real_jobs(
 
     assert delta("snapread_worker_jobs_total", status="succeeded") == 2
     assert delta("snapread_worker_jobs_total", status="failed") == 1
-    # The FAKE chain reports 1 ms per stage for each image it read (classify also counts
-    # the decoding of the stored photo: a few ms at most).
+    # The FAKE chain reports 1 ms per stage for each image it read; classify also counts
+    # the decoding of the stored photo, whose time depends on the machine.
     for stage in ("classify", "detect", "crop", "ocr"):
         assert delta("snapread_worker_stage_seconds_count", stage=stage) == 2
-        assert delta("snapread_worker_stage_seconds_bucket", stage=stage, le="0.025") == 2
+    for stage in ("detect", "crop", "ocr"):
+        assert delta("snapread_worker_stage_seconds_bucket", stage=stage, le="0.005") == 2
+        assert delta("snapread_worker_stage_seconds_sum", stage=stage) == pytest.approx(0.002)
+    assert delta("snapread_worker_stage_seconds_sum", stage="classify") > 0.002
     # The worker batches what arrives together: the three images in one to three batches.
     assert delta("snapread_worker_batch_size_sum") == 3
     assert 1 <= delta("snapread_worker_batch_size_count") <= 3
