@@ -4,7 +4,6 @@ expect (workers/pipeline/numbering.py and CtcReader.follow_numbering)."""
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import ImageFilter
 
-from tests.pipeline.test_reader import as_crop
+from tests.pipeline.test_reader import as_crop, assert_each_is_a_pack_error
 from tests.pipeline.test_stages import printed
 from workers.pipeline import Pipeline
 from workers.pipeline.numbering import Numbering, expected, follow
 from workers.pipeline.ocr import CtcReader, Reading, ctc_probability, load_reader
-from workers.pipeline.pack import ModelPack, PackError
+from workers.pipeline.pack import PackError
 
 
 def brute_force(probs: np.ndarray, labels: list[int]) -> float:
@@ -106,13 +105,8 @@ def test_an_unsure_number_is_the_one_the_sequence_expects_when_its_crop_agrees(r
 
 
 def test_bad_numbering_settings_are_a_pack_error(pack_copy: Path) -> None:
-    for numbering in [{"min_probability": 0}, {"min_probability": 1.5}, {"min_p": 0.1}, 0.05]:
-        manifest = json.loads((pack_copy / "manifest.json").read_text())
-        manifest["ocr"]["numbering"] = numbering
-        (pack_copy / "manifest.json").write_text(json.dumps(manifest))
-        pack = ModelPack.load(pack_copy)
-        with pytest.raises(PackError, match="numbering"):
-            load_reader(pack.ocr, pack, None)
+    bad = [{"min_probability": 0}, {"min_probability": 1.5}, {"min_p": 0.1}, 0.05]
+    assert_each_is_a_pack_error(pack_copy, "numbering", bad)
     with pytest.raises(PackError, match="numbering"):
         load_reader({"backend": "tesserocr", "numbering": {}}, None, None)
     assert Numbering.from_config({}) == Numbering()

@@ -155,16 +155,22 @@ def test_a_second_look_with_impossible_settings_is_a_pack_error(pack_copy: Path)
         {"stretch": [0.9], "agree": 2, "min_confidence": 101},
         [0.9, 1.1],
     ]
-    for second_look in bad:
-        manifest = json.loads((pack_copy / "manifest.json").read_text())
-        manifest["ocr"]["second_look"] = second_look
-        (pack_copy / "manifest.json").write_text(json.dumps(manifest))
-        pack = ModelPack.load(pack_copy)
-        with pytest.raises(PackError, match="second_look"):
-            load_reader(pack.ocr, pack, None)
+    assert_each_is_a_pack_error(pack_copy, "second_look", bad)
     # Only the pack's own reader looks twice; Tesseract packs may not ask for it.
     with pytest.raises(PackError, match="second_look"):
         load_reader({"backend": "tesserocr", "second_look": {}}, None, None)
+
+
+def assert_each_is_a_pack_error(pack_copy: Path, setting: str, values: list) -> None:
+    """Each value as the pack's ``ocr.<setting>`` makes loading the reader a PackError
+    that names the setting."""
+    for value in values:
+        manifest = json.loads((pack_copy / "manifest.json").read_text())
+        manifest["ocr"][setting] = value
+        (pack_copy / "manifest.json").write_text(json.dumps(manifest))
+        pack = ModelPack.load(pack_copy)
+        with pytest.raises(PackError, match=setting):
+            load_reader(pack.ocr, pack, None)
 
 
 def test_it_reads_crops_of_any_size(reader) -> None:
