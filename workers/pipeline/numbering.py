@@ -54,17 +54,19 @@ def _parse(text: str) -> tuple[str, int] | None:
 def expected(texts: list[str], sure: list[bool], position: int) -> str | None:
     """The number the nearest sure numbers before and after `position` (in reading
     order) say belongs there; None when neither says, or the two disagree."""
+    numbers = [(j, parsed) for j, t in enumerate(texts) if sure[j] and (parsed := _parse(t))]
     said: set[str] = set()
-    before = next((j for j in range(position - 1, -1, -1) if sure[j] and _parse(texts[j])), None)
-    after = next((j for j in range(position + 1, len(texts)) if sure[j] and _parse(texts[j])), None)
+    before = next((x for x in reversed(numbers) if x[0] < position), None)
     if before is not None:
-        prefix, n = _parse(texts[before])  # type: ignore[misc]
-        said.add(f"{prefix}{n + position - before}")
+        j, (prefix, n) = before
+        said.add(f"{prefix}{n + position - j}")
+    after = next((x for x in numbers if x[0] > position), None)
     if after is not None:
-        prefix, n = _parse(texts[after])  # type: ignore[misc]
-        n -= after - position
-        said.add(f"{prefix}{n}" if n > 0 else "")
-    return said.pop() if len(said) == 1 and "" not in said else None
+        j, (prefix, n) = after
+        if n - (j - position) <= 0:
+            return None  # the count runs out before it: broken
+        said.add(f"{prefix}{n - (j - position)}")
+    return said.pop() if len(said) == 1 else None
 
 
 def follow(
