@@ -4,8 +4,9 @@
 
 Every transition is a conditional update (WHERE status = ... [AND attempts = claim]),
 so a duplicate message, a late worker or a second click changes nothing and says so by
-returning False or None. Every change is published to the job's channel-layer group
-after commit, and the Celery message is sent after commit, carrying only the job id.
+returning False or None. Every change after the job's creation is published to the
+job's channel-layer group after commit, and the Celery message is sent after commit,
+carrying only the job id.
 
 What must survive a crash of PostgreSQL commits durably: the job's acceptance, each
 claim (its attempt number fences stale workers and counts towards the attempt limit),
@@ -140,7 +141,8 @@ def job_submit(owner: Any, image: NormalizedImage, idempotency_key: str = "") ->
                 image_sha256=image.sha256,
                 idempotency_key=idempotency_key,
             )
-            _after_commit_publish(job)
+            # Not published: the job's group has no one in it yet, since no client can
+            # know the id before this request answers.
             transaction.on_commit(lambda: _send(job_id))
     except IntegrityError:
         _remove_files(str(job_id))

@@ -174,6 +174,8 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "snapread",
+        # Without it every request under ASGI opens a new connection (detection/redis_pool.py).
+        "OPTIONS": {"pool_class": "detection.redis_pool.SharedConnectionPool"},
     }
 }
 CHANNEL_LAYERS = {

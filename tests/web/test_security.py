@@ -14,10 +14,10 @@ from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
 from django.core.files.storage import default_storage
 from django.db import connection
-from redis.exceptions import ConnectionError as RedisConnectionError
 from rest_framework.authtoken.models import Token
 
-from detection import jobs
+from detection import jobs, redis_pool
+from detection.api import throttles
 from detection.api.throttles import SubmitThrottle
 from detection.models import Job
 from detection.uploads import normalize_upload
@@ -116,13 +116,65 @@ def test_the_cap_on_unfinished_jobs_cannot_be_raced(alice, settings) -> None:
     assert Job.objects.filter(owner=alice).count() == 3
 
 
+def test_the_submit_throttle_cannot_be_raced(alice) -> None:
+    # Sixteen submits at once against the last 5 places of a 5/min window: DRF's own
+    # throttle reads the history, decides and writes it back, so several could see the
+    # same free place; the sliding log decides and records in one step on the server.
+    from django.core.cache import cache
+    from rest_framework.test import APIRequestFactory
+
+    cache.clear()
+    throttle_class = type("FiveAMinute", (SubmitThrottle,), {"rate": "5/min"})
+    request = APIRequestFactory().post("/api/v1/jobs/")
+    request.user = alice
+    start = threading.Barrier(16)
+    outcomes: list[bool] = []
+
+    def ask() -> None:
+        start.wait()
+        outcomes.append(throttle_class().allow_request(request, None))
+
+    threads = [threading.Thread(target=ask) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert sorted(outcomes) == [False] * 11 + [True] * 5
+    refused = throttle_class()
+    assert refused.allow_request(request, None) is False
+    assert 55 < refused.wait() <= 60, "the wait is until the oldest submit leaves the window"
+
+
+def test_cache_objects_share_one_redis_connection_pool() -> None:
+    # Under ASGI each request gets its own cache object (caches are context-local); each
+    # used to build a pool and open a connection of its own.
+    from django.core.cache import caches
+
+    client = redis_pool.client()
+    caches["default"].set("warm", 1)
+    before = client.info("stats")["total_connections_received"]
+    pools = []
+
+    def use_the_cache() -> None:
+        cache = caches["default"]
+        cache.get("warm")
+        pools.append(cache._cache._get_connection_pool(write=False))
+
+    for _ in range(20):
+        thread = threading.Thread(target=use_the_cache)  # a new context, a new cache object
+        thread.start()
+        thread.join(10)
+
+    assert len(pools) == 20 and all(pool is pools[0] for pool in pools)
+    assert client.info("stats")["total_connections_received"] - before <= 1
+
+
 @pytest.mark.django_db
 def test_submits_go_on_when_the_throttles_redis_is_down(alice_api, monkeypatch) -> None:
-    class DeadCache:
-        def get(self, *args: object, **kwargs: object) -> None:
-            raise RedisConnectionError("Connection refused")
-
-    monkeypatch.setattr(SubmitThrottle, "cache", DeadCache())
+    # A real client on a port where nothing listens: connection refused.
+    dead = redis_pool.client("redis://127.0.0.1:1/0").register_script(throttles._SLIDING_LOG)
+    monkeypatch.setattr(SubmitThrottle, "_script", dead)
 
     response = alice_api.post("/api/v1/jobs/", {"image": upload(image_bytes())}, format="multipart")
 
