@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -60,9 +61,26 @@ class Pipeline:
         relevant = [i for i, v in enumerate(verdicts) if v.relevant]
         notify("detect")
         t0 = time.perf_counter()
-        found = self.detector.detect([rgb[i] for i in relevant]) if relevant else []
+        # Boxes under the pack's threshold come too when the numbering's gaps check may
+        # take some of them (finish decides).
+        gap_score = self._gap_score()
+        found = []
+        if relevant and gap_score is None:
+            found = self.detector.detect([rgb[i] for i in relevant])
+        elif relevant:
+            found = self.detector.detect([rgb[i] for i in relevant], min_score=gap_score)
         timings["detect"] = _ms_since(t0) / n
-        return Detected(rgb, verdicts, dict(zip(relevant, found, strict=True)), timings)
+        threshold = None if gap_score is None else self.detector.score_threshold  # type: ignore[attr-defined]
+        return Detected(rgb, verdicts, dict(zip(relevant, found, strict=True)), timings, threshold)
+
+    def _gap_score(self) -> float | None:
+        """How low a box may score and still be a candidate for the reader's numbering
+        gaps check (workers.pipeline.numbering); None when there is no such check."""
+        check = getattr(getattr(self.reader, "numbering", None), "gaps", None)
+        threshold = getattr(self.detector, "score_threshold", None)
+        if check is None or threshold is None or check.min_score >= threshold:
+            return None
+        return float(check.min_score)
 
     def finish(
         self, detected: Detected, on_stage: StageCallback | None = None
@@ -84,16 +102,10 @@ class Pipeline:
         t0 = time.perf_counter()
         flat = [c for i in detections for c in crops[i]]
         readings = iter(self.reader.read(flat))
-        # Each image's regions in reading order; a reader that knows how problems are
-        # numbered (CtcReader.follow_numbering) then checks its unsure ones against
-        # the sequence.
-        follow = getattr(self.reader, "follow_numbering", None)
-        pages = {}
-        for i, dets in detections.items():
-            texts = [next(readings) for _ in dets]
-            order = reading_order([d.box for d in dets])
-            texts = [texts[k] for k in order]
-            pages[i] = (order, follow(texts) if follow is not None else texts)
+        pages = {
+            i: self._page(dets, [next(readings) for _ in dets], detected.threshold)
+            for i, dets in detections.items()
+        }
         timings["ocr"] = _ms_since(t0) / n
 
         results = []
@@ -116,15 +128,42 @@ class Pipeline:
             )
         return results
 
+    def _page(
+        self, dets: list[Detection], readings: list[Any], threshold: float | None
+    ) -> tuple[list[int], list[Any]]:
+        """One image's regions to report, in reading order (indices into `dets`), and
+        their readings. A reader that knows how problems are numbered
+        (CtcReader.follow_numbering) checks its unsure ones against the sequence; with a
+        `threshold`, boxes under it are candidates, reported only where the sequence
+        says they are the number that belongs there (CtcReader.fill_gaps)."""
+        follow = getattr(self.reader, "follow_numbering", None)
+        main = [k for k, d in enumerate(dets) if threshold is None or d.score >= threshold]
+        order = [main[k] for k in reading_order([dets[k].box for k in main])]
+        texts = [readings[k] for k in order]
+        if follow is not None:
+            texts = follow(texts)
+        if len(main) == len(dets):
+            return order, texts
+        final = dict(zip(order, texts, strict=True))
+        full = reading_order([d.box for d in dets])
+        taken = self.reader.fill_gaps(  # type: ignore[attr-defined]
+            [final.get(k, readings[k]) for k in full], [k not in final for k in full]
+        )
+        final.update({full[position]: reading for position, reading in taken.items()})
+        kept = [k for k in full if k in final]
+        return kept, [final[k] for k in kept]
+
 
 @dataclass
 class Detected:
-    """A batch between the two halves of the chain."""
+    """A batch between the two halves of the chain. With a `threshold`, `detections`
+    hold boxes under it too, as candidates for the numbering's gaps check."""
 
     images: list[Image.Image]
     verdicts: list[Classification]
     detections: dict[int, list[Detection]]
     timings_ms: dict[str, float]
+    threshold: float | None = None
 
 
 def reading_order(boxes: list[Box]) -> list[int]:

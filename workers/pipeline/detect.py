@@ -15,7 +15,12 @@ from workers.pipeline.results import Detection
 
 
 class Detector(Protocol):
-    def detect(self, images: list[Image.Image]) -> list[list[Detection]]: ...
+    """Boxes scored at least the detector's `score_threshold`, or `min_score` when
+    given (the chain asks for lower ones as candidates: workers.pipeline.numbering)."""
+
+    def detect(
+        self, images: list[Image.Image], min_score: float | None = None
+    ) -> list[list[Detection]]: ...
 
 
 def resize_long_side(im: Image.Image, long_side: int) -> tuple[Image.Image, float]:
@@ -92,31 +97,41 @@ class TorchvisionDetector:
         [tensor], [scale] = self.preprocess([image])
         return (tensor.pin_memory() if self.device.type == "cuda" else tensor), scale
 
-    def detect(self, images: list[Image.Image]) -> list[list[Detection]]:
+    def detect(
+        self, images: list[Image.Image], min_score: float | None = None
+    ) -> list[list[Detection]]:
         if not images:
             return []
         tensors, scales = self.preprocess(images)
-        return self._detect(tensors, scales, [im.size for im in images])
+        return self._detect(tensors, scales, [im.size for im in images], min_score)
 
     def detect_prepared(
-        self, inputs: list[tuple[torch.Tensor, float]], sizes: list[tuple[int, int]]
+        self,
+        inputs: list[tuple[torch.Tensor, float]],
+        sizes: list[tuple[int, int]],
+        min_score: float | None = None,
     ) -> list[list[Detection]]:
         """`detect` on inputs made by `prepare`; `sizes` are the images' own (w, h)."""
         if not inputs:
             return []
-        return self._detect([t for t, _ in inputs], [s for _, s in inputs], sizes)
+        return self._detect([t for t, _ in inputs], [s for _, s in inputs], sizes, min_score)
 
     @torch.inference_mode()
     def _detect(
-        self, tensors: list[torch.Tensor], scales: list[float], sizes: list[tuple[int, int]]
+        self,
+        tensors: list[torch.Tensor],
+        scales: list[float],
+        sizes: list[tuple[int, int]],
+        min_score: float | None,
     ) -> list[list[Detection]]:
+        threshold = self.score_threshold if min_score is None else min_score
         batch = [t.to(self.device, non_blocking=True).float().div_(255.0) for t in tensors]
         outputs = self.model(batch)
         if isinstance(outputs, tuple):  # TorchScript detection models return (losses, dets)
             outputs = outputs[1]
         results = []
         for out, scale, (w, h) in zip(outputs, scales, sizes, strict=True):
-            keep = out["scores"] >= self.score_threshold
+            keep = out["scores"] >= threshold
             boxes = (out["boxes"][keep].float().cpu() / scale).tolist()
             scores = out["scores"][keep].float().cpu().tolist()
             labels = out["labels"][keep].cpu().tolist()

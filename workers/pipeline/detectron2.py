@@ -112,14 +112,17 @@ class Detectron2Detector:
         return {"image": tensor, "height": h, "width": w}
 
     @torch.inference_mode()
-    def detect(self, images: list[Image.Image]) -> list[list[Detection]]:
+    def detect(
+        self, images: list[Image.Image], min_score: float | None = None
+    ) -> list[list[Detection]]:
         if not images:
             return []
+        threshold = self.score_threshold if min_score is None else min_score
         outputs = self.model([self._input(im) for im in images])
         results = []
         for out in outputs:
             inst = out["instances"].to("cpu")
-            keep = inst.scores >= self.score_threshold
+            keep = inst.scores >= threshold
             boxes = inst.pred_boxes.tensor[keep].tolist()
             scores = inst.scores[keep].tolist()
             labels = inst.pred_classes[keep].tolist()

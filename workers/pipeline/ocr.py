@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from workers.pipeline.numbering import Numbering, follow
+from workers.pipeline.numbering import Numbering, follow, gaps, runs
 from workers.pipeline.pack import PackError
 
 NUMBER = re.compile(r"\d+(?:\.\d+)*")
@@ -301,9 +301,10 @@ class CtcReader:
         kept: dict[int, Reading] = {}
         if unsure and self.second_look is not None:
             kept = self._look_again(crops, readings, unsure)
-        # An unsure crop keeps its columns, for the page's numbering to weigh.
+        # Every crop keeps the columns of its first reading, for the page's numbering
+        # to weigh.
         return [
-            Reading(r.text, round(r.confidence, 2), r.raw)
+            replace(r, confidence=round(r.confidence, 2))
             if r.confidence >= threshold
             else replace(kept.get(k) or Reading("", 0.0, r.raw), columns=r.columns)
             for k, r in enumerate(readings)
@@ -313,7 +314,9 @@ class CtcReader:
         """One page's readings in reading order; where one is unsure (no text, or less
         sure than the pack's `min_confidence`) and its crop gives the number the sure
         numbers around it expect (workers.pipeline.numbering) at least
-        `numbering.min_probability`, that number, with that probability as confidence."""
+        `numbering.min_probability`, that number, with that probability as confidence.
+        Then, where the pack asks for it, the same for the number a run of readings
+        around it agrees on (`numbering.runs`)."""
         if self.numbering is None:
             return readings
         threshold = self.settings.min_confidence
@@ -325,10 +328,47 @@ class CtcReader:
 
         texts = [r.text for r in readings]
         taken = follow(texts, sure, probability, self.numbering.min_probability)
-        return [
-            Reading(taken[k][0], round(100 * taken[k][1], 2), r.raw) if k in taken else r
+        readings = [
+            replace(r, text=taken[k][0], confidence=round(100 * taken[k][1], 2))
+            if k in taken
+            else r
             for k, r in enumerate(readings)
         ]
+        if self.numbering.runs is not None:
+            sure = [bool(r.text) and r.confidence >= threshold for r in readings]
+
+            def own(position: int) -> str:
+                columns = readings[position].columns
+                return "" if columns is None else self.decode(columns).text
+
+            texts = [r.text for r in readings]
+            taken = runs(texts, sure, own, probability, self.numbering.runs)
+            readings = [
+                replace(r, text=taken[k][0], confidence=round(100 * taken[k][1], 2))
+                if k in taken
+                else r
+                for k, r in enumerate(readings)
+            ]
+        return readings
+
+    def fill_gaps(self, readings: list[Reading], candidate: list[bool]) -> dict[int, Reading]:
+        """One page's readings in reading order over every box, `candidate` marking the
+        boxes under the detector's threshold: the candidates that are the number their
+        read neighbours say belongs there (`numbering.gaps`), by position, with the
+        crop's probability of it as confidence. The others are to be dropped."""
+        check = None if self.numbering is None else self.numbering.gaps
+        if check is None:
+            return {}
+
+        def probability(position: int, text: str) -> float:
+            columns = readings[position].columns
+            return 0.0 if columns is None else self.probability(columns, text)
+
+        texts = [None if c else r.text for r, c in zip(readings, candidate, strict=True)]
+        return {
+            k: replace(readings[k], text=text, confidence=round(100 * p, 2))
+            for k, (text, p) in gaps(texts, probability, check).items()
+        }
 
     def probability(self, columns: np.ndarray, text: str) -> float:
         """How likely the crop with this output says `text`, bare or with the full stop

@@ -337,7 +337,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--hard-share", type=float, default=0.3)
     r.add_argument("--reader-steps", type=int, default=10000)
     r.add_argument("--name", default="reference")
-    r.add_argument("--version", default="1.2.2")
+    r.add_argument("--version", default="1.2.3")
     r.set_defaults(func=cmd_reference)
     return p
 
