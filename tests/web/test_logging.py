@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +50,18 @@ def parsed(lines: list[str]) -> list[dict]:
     return entries
 
 
+def finished_task_lines(path: Path, offset: int, job_ids: list[str]) -> list[dict]:
+    """The log's entries after `offset`, once Celery has logged how each job's task
+    ended (or after 30 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        entries = parsed(lines_after(path, offset))
+        ended = [e for e in entries if e.get("logger") == "celery.app.trace"]
+        if all(about(ended, job_id) for job_id in job_ids) or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.05)
+
+
 def about(entries: list[dict], job_id: str) -> list[dict]:
     """The lines that mention the job anywhere (message, task data, traceback)."""
     return [e for e in entries if job_id in json.dumps({**e, "job_id": None})]
@@ -67,8 +80,8 @@ def test_every_worker_line_about_a_job_carries_its_id(
     good_id, bad_id = good.json()["id"], bad.json()["id"]
     wait_for_job(good_id)
     wait_for_job(bad_id)
-
-    entries = parsed(lines_after(worker.log_path, offset))
+    # The job's row is final before its task returns and Celery logs how it ended.
+    entries = finished_task_lines(worker.log_path, offset, [good_id, bad_id])
 
     for job_id in (good_id, bad_id):
         lines = about(entries, job_id)

@@ -327,13 +327,9 @@ class CtcReader:
             return 0.0 if columns is None else self.probability(columns, text)
 
         texts = [r.text for r in readings]
-        taken = follow(texts, sure, probability, self.numbering.min_probability)
-        readings = [
-            replace(r, text=taken[k][0], confidence=round(100 * taken[k][1], 2))
-            if k in taken
-            else r
-            for k, r in enumerate(readings)
-        ]
+        readings = _taking(
+            readings, follow(texts, sure, probability, self.numbering.min_probability)
+        )
         if self.numbering.runs is not None:
             sure = [bool(r.text) and r.confidence >= threshold for r in readings]
 
@@ -342,13 +338,7 @@ class CtcReader:
                 return "" if columns is None else self.decode(columns).text
 
             texts = [r.text for r in readings]
-            taken = runs(texts, sure, own, probability, self.numbering.runs)
-            readings = [
-                replace(r, text=taken[k][0], confidence=round(100 * taken[k][1], 2))
-                if k in taken
-                else r
-                for k, r in enumerate(readings)
-            ]
+            readings = _taking(readings, runs(texts, sure, own, probability, self.numbering.runs))
         return readings
 
     def fill_gaps(self, readings: list[Reading], candidate: list[bool]) -> dict[int, Reading]:
@@ -365,10 +355,8 @@ class CtcReader:
             return 0.0 if columns is None else self.probability(columns, text)
 
         texts = [None if c else r.text for r, c in zip(readings, candidate, strict=True)]
-        return {
-            k: replace(readings[k], text=text, confidence=round(100 * p, 2))
-            for k, (text, p) in gaps(texts, probability, check).items()
-        }
+        taken = gaps(texts, probability, check)
+        return {k: r for k, r in enumerate(_taking(readings, taken)) if k in taken}
 
     def probability(self, columns: np.ndarray, text: str) -> float:
         """How likely the crop with this output says `text`, bare or with the full stop
@@ -431,6 +419,15 @@ class CtcReader:
         text = self.settings.clean(raw)
         confidence = 100.0 * min(sure) if text else 0.0
         return Reading(text, confidence, raw, probs)
+
+
+def _taking(readings: list[Reading], taken: dict[int, tuple[str, float]]) -> list[Reading]:
+    """The readings with the numbering's (text, probability) where it took one; the
+    probability becomes the confidence (0-100)."""
+    return [
+        replace(r, text=taken[k][0], confidence=round(100 * taken[k][1], 2)) if k in taken else r
+        for k, r in enumerate(readings)
+    ]
 
 
 @dataclass(frozen=True)
