@@ -155,7 +155,9 @@ def test_it_stops_every_process_group_on_sigterm(tmp_path) -> None:
         pids += [int(p) for p in re.findall(r"child (\d+)", line)]
     assert all(_alive(pid) for pid in pids)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=10) == 0
+    # Within about a second here; the bound is loose because a CI machine busy with the
+    # embedded PostgreSQL the test before shut down once took over 10 s.
+    assert proc.wait(timeout=30) == 0
     deadline = time.monotonic() + 5
     while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
