@@ -72,15 +72,15 @@ def test_a_run_of_unsure_readings_that_agree_is_taken_where_each_crop_allows() -
     # A blurred page: nothing sure, but most readings spell consecutive numbers.
     own = ["585", "586", "581", "588", "589"]
     odds = {(0, "585"): 0.3, (1, "586"): 0.3, (2, "587"): 0.4, (3, "588"): 0.3, (4, "589"): 0.01}
-    taken = runs([""] * 5, [False] * 5, own.__getitem__, lambda k, t: odds.get((k, t), 0.0), Runs())
+    taken = runs([""] * 5, [False] * 5, own, lambda k, t: odds.get((k, t), 0.0), Runs())
     # "581" is outvoted by its four neighbours; "589" is vetoed by its own crop.
     assert taken == {0: ("585", 0.3), 1: ("586", 0.3), 2: ("587", 0.4), 3: ("588", 0.3)}
     # One neighbour and the crop's own reading are two votes, not the three needed.
-    assert runs(["", ""], [False, False], ["11", "12"].__getitem__, lambda k, t: 1.0, Runs()) == {}
+    assert runs(["", ""], [False, False], ["11", "12"], lambda k, t: 1.0, Runs()) == {}
     # Sure readings speak but are never changed.
     texts, sure = ["39", "40", "", "42", "99"], [True, True, False, True, True]
     own = ["", "", "17", "", ""]
-    assert runs(texts, sure, own.__getitem__, lambda k, t: 1.0, Runs()) == {2: ("41", 1.0)}
+    assert runs(texts, sure, own, lambda k, t: 1.0, Runs()) == {2: ("41", 1.0)}
 
 
 def test_a_box_under_the_threshold_is_kept_where_it_is_the_number_between() -> None:

@@ -64,11 +64,11 @@ class Pipeline:
         # Boxes under the pack's threshold come too when the numbering's gaps check may
         # take some of them (finish decides).
         gap_score = self._gap_score()
-        found = []
-        if relevant and gap_score is None:
-            found = self.detector.detect([rgb[i] for i in relevant])
-        elif relevant:
-            found = self.detector.detect([rgb[i] for i in relevant], min_score=gap_score)
+        found = (
+            self.detector.detect([rgb[i] for i in relevant], min_score=gap_score)
+            if relevant
+            else []
+        )
         timings["detect"] = _ms_since(t0) / n
         threshold = None if gap_score is None else self.detector.score_threshold  # type: ignore[attr-defined]
         return Detected(rgb, verdicts, dict(zip(relevant, found, strict=True)), timings, threshold)

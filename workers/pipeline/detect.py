@@ -106,15 +106,12 @@ class TorchvisionDetector:
         return self._detect(tensors, scales, [im.size for im in images], min_score)
 
     def detect_prepared(
-        self,
-        inputs: list[tuple[torch.Tensor, float]],
-        sizes: list[tuple[int, int]],
-        min_score: float | None = None,
+        self, inputs: list[tuple[torch.Tensor, float]], sizes: list[tuple[int, int]]
     ) -> list[list[Detection]]:
         """`detect` on inputs made by `prepare`; `sizes` are the images' own (w, h)."""
         if not inputs:
             return []
-        return self._detect([t for t, _ in inputs], [s for _, s in inputs], sizes, min_score)
+        return self._detect([t for t, _ in inputs], [s for _, s in inputs], sizes)
 
     @torch.inference_mode()
     def _detect(
@@ -122,7 +119,7 @@ class TorchvisionDetector:
         tensors: list[torch.Tensor],
         scales: list[float],
         sizes: list[tuple[int, int]],
-        min_score: float | None,
+        min_score: float | None = None,
     ) -> list[list[Detection]]:
         threshold = self.score_threshold if min_score is None else min_score
         batch = [t.to(self.device, non_blocking=True).float().div_(255.0) for t in tensors]

@@ -152,13 +152,13 @@ def follow(
 def runs(
     texts: list[str],
     sure: list[bool],
-    own: Callable[[int], str],
+    own: list[str],
     probability: Callable[[int, str], float],
     check: Runs,
 ) -> dict[int, tuple[str, float]]:
     """For the positions not `sure`, a number their neighbours' readings and their own
     agree on (module docstring): that number and the crop's probability of it, by
-    position. `own(k)` is position k's own best reading (whatever its confidence);
+    position. `own[k]` is position k's own best reading (whatever its confidence);
     `texts` are what the sure positions read. Left to right, twice: a number taken
     speaks for its neighbours as a sure one does."""
     taken: dict[int, tuple[str, float]] = {}
@@ -173,13 +173,12 @@ def runs(
             ):
                 if j == position:
                     continue
-                said = texts[j] if sure[j] else taken[j][0] if j in taken else own(j)
+                said = texts[j] if sure[j] else taken[j][0] if j in taken else own[j]
                 parsed = _parse(said)
                 if parsed is not None and parsed[1] + position - j > 0:
                     votes[f"{parsed[0]}{parsed[1] + position - j}"] += 1
-            mine = own(position)
-            if mine in votes:
-                votes[mine] += 1
+            if own[position] in votes:
+                votes[own[position]] += 1
             ranked = votes.most_common(2)
             if not ranked or (len(ranked) == 2 and ranked[0][1] == ranked[1][1]):
                 continue

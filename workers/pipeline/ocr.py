@@ -7,6 +7,7 @@ import os
 import re
 import threading
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -321,22 +322,18 @@ class CtcReader:
             return readings
         threshold = self.settings.min_confidence
         sure = [bool(r.text) and r.confidence >= threshold for r in readings]
-
-        def probability(position: int, text: str) -> float:
-            columns = readings[position].columns
-            return 0.0 if columns is None else self.probability(columns, text)
-
+        probability = self._probability_of(readings)
         texts = [r.text for r in readings]
         readings = _taking(
             readings, follow(texts, sure, probability, self.numbering.min_probability)
         )
         if self.numbering.runs is not None:
             sure = [bool(r.text) and r.confidence >= threshold for r in readings]
-
-            def own(position: int) -> str:
-                columns = readings[position].columns
-                return "" if columns is None else self.decode(columns).text
-
+            # Each unsure crop's own best reading, whatever its confidence.
+            own = [
+                "" if s or r.columns is None else self.decode(r.columns).text
+                for r, s in zip(readings, sure, strict=True)
+            ]
             texts = [r.text for r in readings]
             readings = _taking(readings, runs(texts, sure, own, probability, self.numbering.runs))
         return readings
@@ -349,14 +346,19 @@ class CtcReader:
         check = None if self.numbering is None else self.numbering.gaps
         if check is None:
             return {}
+        texts = [None if c else r.text for r, c in zip(readings, candidate, strict=True)]
+        taken = gaps(texts, self._probability_of(readings), check)
+        return {k: r for k, r in enumerate(_taking(readings, taken)) if k in taken}
+
+    def _probability_of(self, readings: list[Reading]) -> Callable[[int, str], float]:
+        """How likely the crop at a position of `readings` says a text (0 without its
+        columns)."""
 
         def probability(position: int, text: str) -> float:
             columns = readings[position].columns
             return 0.0 if columns is None else self.probability(columns, text)
 
-        texts = [None if c else r.text for r, c in zip(readings, candidate, strict=True)]
-        taken = gaps(texts, probability, check)
-        return {k: r for k, r in enumerate(_taking(readings, taken)) if k in taken}
+        return probability
 
     def probability(self, columns: np.ndarray, text: str) -> float:
         """How likely the crop with this output says `text`, bare or with the full stop
