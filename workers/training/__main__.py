@@ -136,6 +136,9 @@ def cmd_train_reader(args: argparse.Namespace) -> None:
         copies=args.copies,
         seed=args.seed,
         negative_share=args.negative_share,
+        init=Path(args.init) if args.init else None,
+        lr=args.lr,
+        heavy_blur=args.heavy_blur,
     )
     print(json.dumps(stats))
 
@@ -315,6 +318,14 @@ def parser() -> argparse.ArgumentParser:
         help="share of each batch that is crops without a number, read as no text",
     )
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--lr", type=float, default=2e-3, help="the one-cycle schedule's peak")
+    t.add_argument("--init", help="start from these weights (fine-tune) instead of from scratch")
+    t.add_argument(
+        "--heavy-blur",
+        type=float,
+        default=0.0,
+        help="share of the crops blurred again, harder (sigma 1-2.5), as out-of-focus photos",
+    )
     t.set_defaults(func=cmd_train_reader)
 
     k = sub.add_parser("pack", help="write a model pack from trained weights")
