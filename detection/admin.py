@@ -7,13 +7,12 @@ public URL: the admin serves them through its own views, to staff allowed to vie
 from __future__ import annotations
 
 import io
-import mimetypes
 import uuid
 
 from django.contrib import admin, messages
 from django.core.files.storage import default_storage
 from django.db.models import QuerySet
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 from PIL import Image
@@ -33,8 +32,8 @@ def _thumbnail(url: str, alt: str) -> str:
 
 
 def _crop_preview(region: Region) -> str:
-    if not region.crop:
-        return "-"
+    # The bytes are not loaded for the preview (the queryset defers them): the image's
+    # view answers 404 for a region stored without a crop.
     return _thumbnail(_admin_url("region_crop", region.job_id, region.index), region.text)
 
 
@@ -55,6 +54,9 @@ class RegionInline(admin.TabularInline):
         "y1",
     )
     readonly_fields = fields
+
+    def get_queryset(self, request):  # type: ignore[no-untyped-def]
+        return super().get_queryset(request).defer("crop_png")
 
     @admin.display(description="crop")
     def crop_preview(self, region: Region) -> str:
@@ -155,12 +157,9 @@ class JobAdmin(admin.ModelAdmin):
     def region_crop_view(self, request: HttpRequest, job_id: uuid.UUID, index: int) -> HttpResponse:
         self._viewable_job(request, job_id)
         region = Region.objects.filter(job_id=job_id, index=index).first()
-        if region is None or not region.crop or not default_storage.exists(region.crop.name):
+        if region is None or not region.crop_png:
             raise Http404
-        content_type = mimetypes.guess_type(region.crop.name)[0] or "application/octet-stream"
-        response = FileResponse(
-            default_storage.open(region.crop.name, "rb"), content_type=content_type
-        )
+        response = HttpResponse(bytes(region.crop_png), content_type="image/png")
         response["Cache-Control"] = "private, max-age=60"
         return response
 
@@ -171,12 +170,15 @@ class RegionAdmin(admin.ModelAdmin):
     search_fields = ("job__id", "text")
     list_select_related = ("job",)
 
+    def get_queryset(self, request):  # type: ignore[no-untyped-def]
+        return super().get_queryset(request).defer("crop_png")
+
     @admin.display(description="crop")
     def crop_preview(self, region: Region) -> str:
         return _crop_preview(region)
 
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
-        return ["crop_preview", *(f.name for f in Region._meta.fields)]
+        return ["crop_preview", *(f.name for f in Region._meta.fields if f.name != "crop_png")]
 
     def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
         return False

@@ -218,46 +218,30 @@ def job_renew_lease(claim: Claim) -> bool:
 
 
 def job_complete(claim: Claim, reading: Reading) -> bool:
-    """Write every region and crop at once; False if not ours.
+    """Write the results, every region with its crop, in one transaction; False if not
+    ours.
 
-    The crops are stored first, named by attempt so no other attempt's collide; then one
-    transaction of two statements: the update that finishes the job, only while this
-    attempt still holds it (the fence, and the row lock until commit), and the regions.
-    A job that is no longer ours (canceled, taken back, deleted) gets none of it, and
-    the crops go again.
+    Two statements: the update that finishes the job, only while this attempt still
+    holds it (the fence, and the row lock until commit), and the regions' insert, crops
+    in their rows. A job that is no longer ours (canceled, taken back, deleted) gets
+    none of it, and nothing is left behind.
     """
-    written: list[str] = []
-    try:
-        for index, r in enumerate(reading.regions):
-            written.append(
-                default_storage.save(
-                    f"jobs/{claim.job_id}/crop-{claim.attempt}-{index:03d}.png",
-                    ContentFile(r.crop_png),
-                )
+    with transaction.atomic():
+        job = _update_returning(
+            _claimed(claim), publish=False, **_reading_values(reading, Status.SUCCEEDED)
+        )
+        if job is None:
+            return False
+        regions = [
+            Region(
+                job=job, index=index, x0=float(r.box[0]), y0=float(r.box[1]),
+                x1=float(r.box[2]), y1=float(r.box[3]), label=r.label, score=r.score,
+                crop_png=r.crop_png, text=r.text, confidence=r.confidence,
             )
-        with transaction.atomic():
-            job = _update_returning(
-                _claimed(claim), publish=False, **_reading_values(reading, Status.SUCCEEDED)
-            )
-            if job is not None:
-                regions = [
-                    Region(
-                        job=job, index=index, x0=float(r.box[0]), y0=float(r.box[1]),
-                        x1=float(r.box[2]), y1=float(r.box[3]), label=r.label, score=r.score,
-                        crop=crop, text=r.text, confidence=r.confidence,
-                    )
-                    for index, (r, crop) in enumerate(zip(reading.regions, written, strict=True))
-                ]  # fmt: skip
-                Region.objects.bulk_create(regions)
-                _after_commit_publish(job, regions)
-    except BaseException:
-        _delete_files(written)
-        raise
-    if job is None:
-        _delete_files(written)
-        if not Job.objects.filter(id=claim.job_id).exists():
-            _remove_files(str(claim.job_id))  # deleted meanwhile: no folder comes back
-        return False
+            for index, r in enumerate(reading.regions)
+        ]  # fmt: skip
+        Region.objects.bulk_create(regions)
+        _after_commit_publish(job, regions)
     return True
 
 
@@ -339,7 +323,8 @@ def job_rerun(job_id: uuid.UUID | str) -> bool:
     job is not finished.
 
     In one transaction the job goes back to queued and loses its regions and results; the
-    message and the removal of the old crops and annotated image follow the commit.
+    message and the removal of the old annotated image follow the commit (the old crops
+    go with their rows).
     `attempts` keeps counting, so a claim from an earlier run stays stale.
     """
     now = timezone.now()
@@ -347,9 +332,7 @@ def job_rerun(job_id: uuid.UUID | str) -> bool:
         job = Job.objects.select_for_update().filter(id=job_id, status__in=TERMINAL).first()
         if job is None:
             return False
-        old_files = [r.crop.name for r in job.regions.all() if r.crop]
-        if job.annotated_image:
-            old_files.append(job.annotated_image.name)
+        old_files = [job.annotated_image.name] if job.annotated_image else []
         changed = Job.objects.filter(id=job_id, status__in=TERMINAL).update(
             status=Status.QUEUED,
             stage="",

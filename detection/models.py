@@ -125,7 +125,10 @@ class Region(models.Model):
     y1 = models.FloatField()
     label = models.CharField(max_length=100)
     score = models.FloatField()
-    crop = models.FileField(max_length=255, blank=True)
+    # The crop as PNG, kept in the row: a job's results are one transaction, and go
+    # with the row (a re-run, a delete) without any file to clean up. A few kB each;
+    # the job's reads leave the column out (detection.selectors).
+    crop_png = models.BinaryField(blank=True, default=b"", editable=False)
     text = models.TextField(blank=True)
     confidence = models.FloatField()
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.urls import reverse
 
 from detection.models import Job, Region, Status
@@ -18,8 +18,16 @@ def job_group(job_id: uuid.UUID | str) -> str:
     return f"job-{job_id}"
 
 
+def regions_without_crops() -> QuerySet[Region]:
+    """Regions as a job's reads show them: the crops' bytes stay in the database (each
+    has its own URL)."""
+    return Region.objects.defer("crop_png")
+
+
 def jobs_of(owner: Any, status: str | None = None) -> QuerySet[Job]:
-    jobs = Job.objects.filter(owner=owner).prefetch_related("regions")
+    jobs = Job.objects.filter(owner=owner).prefetch_related(
+        Prefetch("regions", queryset=regions_without_crops())
+    )
     if status:
         jobs = jobs.filter(status=status)
     return jobs.order_by("-created_at")
@@ -42,6 +50,12 @@ def region_of(owner: Any, job_id: uuid.UUID | str, index: int) -> Region:
     return Region.objects.select_related("job").get(job_id=job_id, job__owner=owner, index=index)
 
 
+def _regions_of(job: Job) -> Sequence[Region]:
+    if "regions" in getattr(job, "_prefetched_objects_cache", {}):
+        return job.regions.all()  # fetched with the page of jobs (jobs_of)
+    return regions_without_crops().filter(job=job)
+
+
 def _time(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
@@ -55,7 +69,7 @@ def job_payload(job: Job, regions: Sequence[Region] | None = None) -> dict[str, 
     if job.status != Status.SUCCEEDED:
         stored = []
     else:
-        stored = sorted(job.regions.all() if regions is None else regions, key=lambda r: r.index)
+        stored = sorted(_regions_of(job) if regions is None else regions, key=lambda r: r.index)
     regions = [
         {
             "index": r.index,
@@ -64,7 +78,7 @@ def job_payload(job: Job, regions: Sequence[Region] | None = None) -> dict[str, 
             "score": r.score,
             "text": r.text,
             "confidence": r.confidence,
-            "crop_url": reverse("region-crop", args=[job_id, r.index]) if r.crop else None,
+            "crop_url": reverse("region-crop", args=[job_id, r.index]),
         }
         for r in stored
     ]

@@ -11,7 +11,7 @@ import uuid
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db.models.fields.files import FieldFile
-from django.http import FileResponse
+from django.http import FileResponse, HttpResponse
 from django.utils.http import parse_etags
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
@@ -224,5 +224,11 @@ class JobAnnotated(APIView):
 
 class RegionCrop(APIView):
     @extend_schema(responses=IMAGE, tags=["files"], summary="One region's crop (PNG)")
-    def get(self, request: Request, job_id: uuid.UUID, index: int) -> FileResponse:
-        return _file_response(selectors.region_of(request.user, job_id, index).crop)
+    def get(self, request: Request, job_id: uuid.UUID, index: int) -> HttpResponse:
+        # From the region's row; 404 for a region stored without one.
+        crop = selectors.region_of(request.user, job_id, index).crop_png
+        if not crop:
+            raise exceptions.NotFound()
+        response = HttpResponse(bytes(crop), content_type="image/png")
+        response["Cache-Control"] = "private, max-age=3600"
+        return response

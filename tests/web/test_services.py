@@ -184,21 +184,23 @@ def test_the_finished_job_is_published_with_the_regions_just_written(
 
 
 def _reading_with_crops(count: int) -> jobs.Reading:
-    region = jobs.RegionReading(
-        box=(1.0, 2.0, 30.0, 20.0), label="number", score=0.95, text="3.14", confidence=97.0,
-        crop_png=b"\x89PNG",
-    )  # fmt: skip
+    regions = [
+        jobs.RegionReading(
+            box=(1.0, 2.0, 30.0, 20.0), label="number", score=0.95, text="3.14",
+            confidence=97.0, crop_png=b"\x89PNG crop %d" % index,
+        )
+        for index in range(count)
+    ]  # fmt: skip
     return jobs.Reading(
-        label="page", score=0.9, relevant=True, pack_name="p", pack_version="1",
-        regions=[region] * count,
-    )  # fmt: skip
+        label="page", score=0.9, relevant=True, pack_name="p", pack_version="1", regions=regions
+    )
 
 
-def _crops_of(job_id: object) -> list[str]:
+def _files_of(job_id: object) -> list[str]:
     folder = f"jobs/{job_id}"
     if not default_storage.exists(folder):
         return []
-    return sorted(f for f in default_storage.listdir(folder)[1] if f.startswith("crop-"))
+    return sorted(default_storage.listdir(folder)[1])
 
 
 def test_the_completion_is_one_fenced_update_and_one_insert(alice) -> None:
@@ -209,21 +211,26 @@ def test_the_completion_is_one_fenced_update_and_one_insert(alice) -> None:
     statements = [q["sql"].split()[0] for q in queries.captured_queries]
     # (SAVEPOINT and RELEASE: pytest-django's transaction stands for the commit.)
     assert [s for s in statements if s not in ("SAVEPOINT", "RELEASE")] == ["UPDATE", "INSERT"]
-    assert _crops_of(job.id) == ["crop-1-000.png", "crop-1-001.png", "crop-1-002.png"]
-    assert Region.objects.filter(job=job).count() == 3
+    # The crops are in the regions' rows, in order; no file is written beside the photo.
+    stored = [bytes(r.crop_png) for r in Region.objects.filter(job=job).order_by("index")]
+    assert stored == [b"\x89PNG crop 0", b"\x89PNG crop 1", b"\x89PNG crop 2"]
+    assert _files_of(job.id) == [job.image.name.rsplit("/", 1)[1]]
 
 
-def test_a_completion_that_is_not_ours_leaves_no_crops(alice) -> None:
+def test_a_completion_that_is_not_ours_leaves_nothing(
+    alice, django_capture_on_commit_callbacks
+) -> None:
     canceled = queued_job_without_message(alice)
     claim = jobs.job_claim(canceled.id, "w1")
     jobs.job_cancel(canceled.id, alice)
     assert not jobs.job_complete(claim, _reading_with_crops(2))
-    assert _crops_of(canceled.id) == [] and not Region.objects.filter(job=canceled).exists()
-    assert default_storage.exists(canceled.image.name)  # its photo stays
+    assert not Region.objects.filter(job=canceled).exists()
+    assert _files_of(canceled.id) == [canceled.image.name.rsplit("/", 1)[1]]  # its photo stays
 
     deleted = queued_job_without_message(alice)
     claim = jobs.job_claim(deleted.id, "w1")
-    jobs.job_delete(deleted.id, alice)
+    with django_capture_on_commit_callbacks(execute=True):
+        jobs.job_delete(deleted.id, alice)
     assert not jobs.job_complete(claim, _reading_with_crops(2))
     assert not default_storage.exists(f"jobs/{deleted.id}")  # no folder comes back
 

@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from detection import jobs
-from detection.models import Job, Status
+from detection.models import Job, Region, Status
 from project.celery import app
 from workers.tasks import read_job
 
@@ -124,10 +124,12 @@ def test_delete_removes_the_job_its_regions_and_every_file(spine_worker, alice_a
     before = media_files()
     job = wait_for_job(submit(alice_api))
     assert alice_api.get(f"/api/v1/jobs/{job.id}/annotated/").status_code == 200
-    assert len(media_files() - before) == 4  # input, two crops, annotated (drawn on request)
+    assert len(media_files() - before) == 2  # input, annotated (drawn on request)
+    assert Region.objects.filter(job=job).count() == 2  # each with its crop in its row
 
     response = alice_api.delete(f"/api/v1/jobs/{job.id}/")
 
     assert response.status_code == 204
     assert not Job.objects.filter(id=job.id).exists()
     assert media_files() == before
+    assert not Region.objects.filter(job_id=job.id).exists()
