@@ -9,18 +9,78 @@ handovers between the event loop and the request's thread per request. This hand
 builds the chain as WSGI does and runs the whole of it, view included, in one hop on the
 request's thread (thread-sensitive, so database connections stay per thread, as Django
 expects). Reading the body and sending the response stay on the event loop.
+
+The request's thread is taken from a pool and given back, not made for it: Django
+enters a fresh ``ThreadSensitiveContext`` per request, which starts a thread for the
+request's first hop and, at the end, a second thread to join the first. Here the
+context gets an executor of one thread that served an earlier request (asgiref's
+``ThreadSensitiveContext(executor=...)``), as a WSGI server's worker threads serve
+request after request; Django's request signals close or return the database
+connection at each request's end as they do there. An executor still running a hop
+when its request ends (the client went away mid-view) is not reused: it finishes that
+hop and its thread ends.
 """
 
 from __future__ import annotations
 
-from asgiref.sync import sync_to_async
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpRequest, HttpResponseBase
 
+# Idle request threads kept for reuse; a burst beyond this ends its extra threads.
+MAX_IDLE_THREADS = 32
+
+
+class RequestThread(ThreadPoolExecutor):
+    """One thread that runs a request's hops in turn, and knows when it has none."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="request")
+        self._lock = threading.Lock()
+        self._running = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._lock:
+            self._running += 1
+        future = super().submit(fn, *args, **kwargs)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _: Future[Any]) -> None:
+        with self._lock:
+            self._running -= 1
+
+    @property
+    def idle(self) -> bool:
+        with self._lock:
+            return self._running == 0
+
 
 class SyncStackASGIHandler(ASGIHandler):
+    def __init__(self) -> None:
+        super().__init__()
+        self._idle: list[RequestThread] = []  # touched on the event loop's thread only
+
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        thread = self._idle.pop() if self._idle else RequestThread()
+        try:
+            async with ThreadSensitiveContext(executor=thread):
+                await self.handle(scope, receive, send)
+        finally:
+            if thread.idle and len(self._idle) < MAX_IDLE_THREADS:
+                self._idle.append(thread)
+            else:
+                thread.shutdown(wait=False)
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         return await sync_to_async(self.get_response, thread_sensitive=True)(request)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from typing import Any
 
 import pytest
 from asgiref.sync import SyncToAsync
 from asgiref.testing import ApplicationCommunicator
+from django.core import signals
 from django.core.handlers.asgi import ASGIHandler
 from rest_framework.authtoken.models import Token
 
 from project.asgi import django_asgi_app
-from project.asgi_handler import SyncStackASGIHandler
+from project.asgi_handler import RequestThread, SyncStackASGIHandler
 from tests.web.conftest import make_user
 
 
@@ -86,3 +89,58 @@ def test_django_s_own_handler_hops_for_each_piece() -> None:
     assert status == 200
     assert "View.as_view.<locals>.view" in hops
     assert len(hops) > 10, hops
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requests_reuse_their_threads_and_never_share_one_at_once() -> None:
+    token = Token.objects.create(user=make_user("asgi-threads")).key
+    app = SyncStackASGIHandler()
+    seen: list[tuple[str, threading.Thread]] = []
+
+    def started(**_: Any) -> None:
+        seen.append(("started", threading.current_thread()))
+
+    def finished(**_: Any) -> None:
+        seen.append(("finished", threading.current_thread()))
+
+    signals.request_started.connect(started)
+    signals.request_finished.connect(finished)
+    try:
+        # One after another: one thread serves them all, each from start to finish.
+        for _ in range(3):
+            assert _get(app, "/api/v1/jobs/", token)[0] == 200
+        assert len(seen) == 6 and len({thread for _, thread in seen}) == 1, seen
+        assert seen[0][1].name.startswith("request")
+
+        # Two at once: each holds its thread until both have started, which only two
+        # threads can do (one shared thread would wait at the barrier for ever).
+        both = threading.Barrier(2, timeout=10)
+        signals.request_started.connect(lambda **_: both.wait(), weak=False, dispatch_uid="b")
+        seen.clear()
+
+        async def two() -> None:
+            await asyncio.gather(
+                *(asyncio.to_thread(_get, app, "/api/v1/jobs/", token) for _ in "ab")
+            )
+
+        asyncio.run(two())
+        assert len({thread for event, thread in seen if event == "started"}) == 2, seen
+    finally:
+        signals.request_started.disconnect(started)
+        signals.request_started.disconnect(dispatch_uid="b")
+        signals.request_finished.disconnect(finished)
+
+
+def test_a_thread_still_running_a_hop_is_not_idle() -> None:
+    thread = RequestThread()
+    release = threading.Event()
+    assert thread.idle
+    future = thread.submit(release.wait, 10)
+    assert not thread.idle
+    release.set()
+    future.result(10)
+    deadline = time.monotonic() + 10
+    while not thread.idle and time.monotonic() < deadline:  # its callback runs just after
+        time.sleep(0.01)
+    assert thread.idle
+    thread.shutdown()
