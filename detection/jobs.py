@@ -163,19 +163,21 @@ def _check_unfinished_cap(owner: Any) -> None:
 
     The count is exact and cannot be raced: a transaction-scoped advisory lock keyed by
     the owner serialises one owner's submits (count, insert, commit) across every web
-    process, and other owners never wait. PostgreSQL is the truth here, not a Redis
-    counter: a counter drifts when a terminal transition's decrement is lost (Redis down,
-    a process killed between commit and decrement) and would then refuse a user wrongly
-    for as long as it stays wrong; and submits keep working while Redis is down.
+    process, and other owners never wait. The lock and the count are one round trip, a
+    function whose count runs after the lock is granted (migration 0003 says why a plain
+    statement cannot). PostgreSQL is the truth here, not a Redis counter: a counter
+    drifts when a terminal transition's decrement is lost (Redis down, a process killed
+    between commit and decrement) and would then refuse a user wrongly for as long as it
+    stays wrong; and submits keep working while Redis is down.
     """
     limit = settings.SNAPREAD_MAX_UNFINISHED_JOBS
     with connection.cursor() as cursor:
         # A hash collision only makes two owners' submits take turns.
         cursor.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-            [f"snapread:unfinished-cap:{owner.pk}"],
+            "SELECT snapread_unfinished_after_lock(%s, %s, %s)",
+            [f"snapread:unfinished-cap:{owner.pk}", owner.pk, [str(s) for s in UNFINISHED]],
         )
-    unfinished = Job.objects.filter(owner=owner, status__in=UNFINISHED).count()
+        [unfinished] = cursor.fetchone()
     if unfinished >= limit:
         raise TooManyUnfinishedJobs(
             f"You have {unfinished} unfinished jobs and the limit is {limit}; "

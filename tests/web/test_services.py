@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -14,8 +15,9 @@ from django.utils import timezone
 from detection import jobs
 from detection.models import Job, Region, Status
 from detection.selectors import job_payload
+from detection.uploads import normalize_upload
 
-from .conftest import queued_job_without_message
+from .conftest import image_bytes, queued_job_without_message
 
 pytestmark = pytest.mark.django_db
 
@@ -358,3 +360,17 @@ def test_the_sweeper_resends_as_many_jobs_as_messages_are_missing(
     assert jobs.sweep().resent == 2
     oldest.refresh_from_db()
     assert oldest.enqueued_at > old
+
+
+def test_a_submit_is_the_cap_s_one_statement_and_the_insert(alice, monkeypatch) -> None:
+    monkeypatch.setattr(jobs, "_send", lambda job_id: None)
+    image = normalize_upload(io.BytesIO(image_bytes()))
+    with CaptureQueriesContext(connection) as queries:
+        job, created = jobs.job_submit(alice, image)
+    statements = [q["sql"] for q in queries.captured_queries]
+    statements = [s for s in statements if s.split()[0] not in ("SAVEPOINT", "RELEASE")]
+    # The owner's lock and the count of unfinished jobs in one round trip, then the row.
+    assert len(statements) == 2, statements
+    assert statements[0].startswith("SELECT snapread_unfinished_after_lock(")
+    assert statements[1].startswith('INSERT INTO "detection_job"')
+    assert created and Job.objects.get(id=job.id).status == Status.QUEUED
