@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
@@ -23,6 +24,16 @@ def _payload_for(user: Any, job_id: str) -> dict | None:
 
 
 class JobConsumer(AsyncJsonWebsocketConsumer):
+    async def dispatch(self, message: dict) -> None:
+        # Channels' own dispatch first hands every message to a thread to close stale
+        # database connections: a thread hop for each of a job's updates, which touch no
+        # database. This consumer's one read (_payload_for) is database_sync_to_async,
+        # which closes them itself, before and after, on the thread it runs on.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         # Accept first: a close before accept is a bare handshake refusal, without the code

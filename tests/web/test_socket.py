@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import SyncToAsync, async_to_sync
 from channels.testing import WebsocketCommunicator
 from django.contrib.sessions.backends.db import SessionStore
 from rest_framework.authtoken.models import Token
@@ -103,3 +103,43 @@ def test_it_refuses_a_foreign_origin(alice) -> None:
     evil = (b"origin", b"https://evil.example")
 
     assert close_code(token_path(job, alice), [evil]) is None
+
+
+def test_an_update_reaches_the_socket_without_a_thread_hop(alice) -> None:
+    # The consumer's only database work is its first read; each update after it goes
+    # from the channel layer to the socket on the event loop (channels' own dispatch
+    # would first hand every message to a thread to close database connections).
+    from channels.layers import get_channel_layer
+
+    from detection.selectors import job_group
+
+    job = queued_job_without_message(alice)
+    path = token_path(job, alice)
+    hops: list[str] = []
+    original = SyncToAsync.__call__
+
+    async def counting(self: SyncToAsync, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(self.func, "__qualname__", repr(self.func)))
+        return await original(self, *args, **kwargs)
+
+    async def scenario() -> tuple[list[dict], list[str]]:
+        socket = WebsocketCommunicator(application, path, headers=[ORIGIN])
+        assert (await socket.connect(timeout=5))[0]
+        await socket.receive_json_from(timeout=5)
+        hops.clear()
+        layer = get_channel_layer()
+        for stage in ("classify", "detect"):
+            update = {"id": str(job.id), "status": "running", "stage": stage}
+            await layer.group_send(job_group(job.id), {"type": "job.update", "job": update})
+        received = [await socket.receive_json_from(timeout=5) for _ in range(2)]
+        during_updates = list(hops)
+        await socket.disconnect()  # (its end closes them, once per socket)
+        return received, during_updates
+
+    SyncToAsync.__call__ = counting  # type: ignore[method-assign]
+    try:
+        received, during_updates = async_to_sync(scenario)()
+    finally:
+        SyncToAsync.__call__ = original  # type: ignore[method-assign]
+    assert [m["job"]["stage"] for m in received] == ["classify", "detect"]
+    assert during_updates == [], during_updates
