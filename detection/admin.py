@@ -94,6 +94,11 @@ class JobAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
         return False
 
+    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        # A job is deleted by its owner through the API (detection.jobs.job_delete, which
+        # also removes its files and tells its watchers); the admin's cascade would not.
+        return False
+
     def has_rerun_permission(self, request: HttpRequest) -> bool:
         # The form stays read-only; a re-run is a state change through detection.jobs,
         # allowed to whoever may change jobs.
@@ -185,3 +190,6 @@ class RegionAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
         return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False  # regions go with their job

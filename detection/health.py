@@ -47,9 +47,34 @@ def _check_database() -> dict[str, Any]:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-        return {"ok": True}
+        pending = _pending_migrations()
     except Exception as exc:
         return {"ok": False, "error": str(exc)[:200]}
+    if pending:
+        # Code ahead of its schema fails requests (a column or function it uses is not
+        # there yet): not ready until `manage.py migrate` has run.
+        return {
+            "ok": False,
+            "error": f"{len(pending)} migration(s) not applied, first {pending[0]}; "
+            "run manage.py migrate",
+        }
+    return {"ok": True}
+
+
+_migrated = False  # once every migration is applied, it stays so for this process
+
+
+def _pending_migrations() -> list[str]:
+    global _migrated
+    if _migrated:
+        return []
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    pending = [f"{m.app_label}.{m.name}" for m, backwards in plan if not backwards]
+    _migrated = not pending
+    return pending
 
 
 def _check_broker() -> dict[str, Any]:

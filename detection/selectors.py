@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db.models import Prefetch, QuerySet
+from django.db.models.functions import Length
 from django.urls import reverse
 
 from detection.models import Job, Region, Status
@@ -20,8 +21,13 @@ def job_group(job_id: uuid.UUID | str) -> str:
 
 def regions_without_crops() -> QuerySet[Region]:
     """Regions as a job's reads show them: the crops' bytes stay in the database (each
-    has its own URL)."""
-    return Region.objects.defer("crop_png")
+    has its own URL), only their length comes along."""
+    return Region.objects.defer("crop_png").annotate(crop_bytes=Length("crop_png"))
+
+
+def _has_crop(region: Region) -> bool:
+    length = getattr(region, "crop_bytes", None)  # read without the bytes
+    return bool(region.crop_png) if length is None else length > 0
 
 
 def jobs_of(owner: Any, status: str | None = None) -> QuerySet[Job]:
@@ -78,7 +84,7 @@ def job_payload(job: Job, regions: Sequence[Region] | None = None) -> dict[str, 
             "score": r.score,
             "text": r.text,
             "confidence": r.confidence,
-            "crop_url": reverse("region-crop", args=[job_id, r.index]),
+            "crop_url": reverse("region-crop", args=[job_id, r.index]) if _has_crop(r) else None,
         }
         for r in stored
     ]

@@ -17,12 +17,14 @@ context gets an executor of one thread that served an earlier request (asgiref's
 ``ThreadSensitiveContext(executor=...)``), as a WSGI server's worker threads serve
 request after request; Django's request signals close or return the database
 connection at each request's end as they do there. An executor still running a hop
-when its request ends (the client went away mid-view) is not reused: it finishes that
-hop and its thread ends.
+when its request ends (the server cancelled the request mid-view) is not reused: it
+finishes that hop, closes its database connections (the request's end signal never ran)
+and its thread ends.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,28 +32,34 @@ from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
+from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponseBase
 
 # Idle request threads kept for reuse; a burst beyond this ends its extra threads.
 MAX_IDLE_THREADS = 32
+_numbers = itertools.count(1)
 
 
 class RequestThread(ThreadPoolExecutor):
     """One thread that runs a request's hops in turn, and knows when it has none."""
 
     def __init__(self) -> None:
-        super().__init__(max_workers=1, thread_name_prefix="request")
+        super().__init__(max_workers=1, thread_name_prefix=f"request-{next(_numbers)}")
         self._lock = threading.Lock()
         self._running = 0
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         with self._lock:
             self._running += 1
-        future = super().submit(fn, *args, **kwargs)
+        try:
+            future = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._done(None)
+            raise
         future.add_done_callback(self._done)
         return future
 
-    def _done(self, _: Future[Any]) -> None:
+    def _done(self, _: Future[Any] | None) -> None:
         with self._lock:
             self._running -= 1
 
@@ -64,7 +72,7 @@ class RequestThread(ThreadPoolExecutor):
 class SyncStackASGIHandler(ASGIHandler):
     def __init__(self) -> None:
         super().__init__()
-        self._idle: list[RequestThread] = []  # touched on the event loop's thread only
+        self._idle: list[RequestThread] = []
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
@@ -72,7 +80,10 @@ class SyncStackASGIHandler(ASGIHandler):
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        thread = self._idle.pop() if self._idle else RequestThread()
+        try:
+            thread = self._idle.pop()
+        except IndexError:
+            thread = RequestThread()
         try:
             async with ThreadSensitiveContext(executor=thread):
                 await self.handle(scope, receive, send)
@@ -80,6 +91,9 @@ class SyncStackASGIHandler(ASGIHandler):
             if thread.idle and len(self._idle) < MAX_IDLE_THREADS:
                 self._idle.append(thread)
             else:
+                # Queued behind whatever the thread still runs, on that same thread: its
+                # connections go back even when the request's end signal never ran.
+                thread.submit(close_old_connections)
                 thread.shutdown(wait=False)
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:

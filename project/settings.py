@@ -223,6 +223,8 @@ SNAPREAD_MAX_PIXELS = env_int("SNAPREAD_MAX_PIXELS", 50_000_000)
 # What the worker stores per job, whatever the pack's manifest allows.
 SNAPREAD_MAX_REGIONS = env_int("SNAPREAD_MAX_REGIONS", 500)
 SNAPREAD_MAX_CROP_PIXELS = env_int("SNAPREAD_MAX_CROP_PIXELS", 1_048_576)
+# All of a job's crops as PNG, together (they go into its regions' rows in one insert).
+SNAPREAD_MAX_CROP_BYTES = env_int("SNAPREAD_MAX_CROP_BYTES", 16 * 1024 * 1024)
 SNAPREAD_MAX_UNFINISHED_JOBS = env_int("SNAPREAD_MAX_UNFINISHED_JOBS", 200)
 SNAPREAD_SUBMIT_RATE = env_str("SNAPREAD_SUBMIT_RATE", "120/min")
 

@@ -181,6 +181,13 @@ def read(claim: Claim, on_stage: Callable[[str], None]) -> Reading:
         )
         for r, crop in zip(result.regions, result.crops, strict=True)
     ]
+    crop_bytes = sum(len(r.crop_png) for r in regions)
+    if c.relevant and crop_bytes > settings.SNAPREAD_MAX_CROP_BYTES:
+        raise ReadingTooLarge(
+            "crops_too_large",
+            f"The crops take {crop_bytes} bytes as PNG; the limit is "
+            f"{settings.SNAPREAD_MAX_CROP_BYTES} bytes a job.",
+        )
     return Reading(
         label=c.label,
         score=float(c.score),

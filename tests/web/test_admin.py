@@ -102,6 +102,16 @@ def test_the_admin_cannot_change_a_job_through_a_form(admin_web, alice) -> None:
     assert response.status_code in (403, 200)
 
 
+def test_the_admin_cannot_delete_jobs_or_regions(admin_web, alice) -> None:
+    # Deletes go through the API (detection.jobs.job_delete): the admin's cascade would
+    # leave the job's files and its watchers behind.
+    job = queued_job_without_message(alice)
+    page = admin_web.get(CHANGELIST).content.decode()
+    assert "delete_selected" not in page
+    assert admin_web.post(f"{CHANGELIST}{job.id}/delete/", {"post": "yes"}).status_code == 403
+    assert Job.objects.filter(id=job.id).exists()
+
+
 def rerun(client: Client, *jobs: Job):
     return client.post(
         CHANGELIST,

@@ -209,3 +209,19 @@ def test_the_page_asks_for_a_login_and_then_shows_the_upload_form(client, alice)
 
     assert page.status_code == 200
     assert b'type="file"' in page.content
+
+
+@pytest.mark.django_db
+def test_readyz_says_not_ready_while_a_migration_is_not_applied(monkeypatch) -> None:
+    from django.db.migrations.recorder import MigrationRecorder
+
+    from detection import health
+
+    monkeypatch.setattr(health, "_migrated", False)
+    assert health._check_database() == {"ok": True}
+    monkeypatch.setattr(health, "_migrated", False)
+    MigrationRecorder.Migration.objects.filter(
+        app="detection", name="0003_unfinished_count_after_lock"
+    ).delete()  # (rolled back with the test's transaction)
+    check = health._check_database()
+    assert not check["ok"] and "detection.0003_unfinished_count_after_lock" in check["error"]

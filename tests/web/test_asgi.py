@@ -20,8 +20,9 @@ from project.asgi_handler import RequestThread, SyncStackASGIHandler
 from tests.web.conftest import make_user
 
 
-def _get(app: Any, path: str, token: str) -> tuple[int, bytes, list[str]]:
-    """One GET through the ASGI app; (status, body, the sync functions it hopped to)."""
+def _get(app: Any, path: str, token: str, count_hops: bool = True) -> tuple[int, bytes, list[str]]:
+    """One GET through the ASGI app; (status, body, the sync functions it hopped to, when
+    counted: the count patches SyncToAsync for the whole process, one GET at a time)."""
     hops: list[str] = []
     original = SyncToAsync.__call__
 
@@ -57,6 +58,8 @@ def _get(app: Any, path: str, token: str) -> tuple[int, bytes, list[str]]:
         await comm.wait(10)
         return start["status"], body
 
+    if not count_hops:
+        return (*asyncio.run(run()), hops)
     SyncToAsync.__call__ = counting  # type: ignore[method-assign]
     try:
         status, body = asyncio.run(run())
@@ -120,7 +123,7 @@ def test_requests_reuse_their_threads_and_never_share_one_at_once() -> None:
 
         async def two() -> None:
             await asyncio.gather(
-                *(asyncio.to_thread(_get, app, "/api/v1/jobs/", token) for _ in "ab")
+                *(asyncio.to_thread(_get, app, "/api/v1/jobs/", token, False) for _ in "ab")
             )
 
         asyncio.run(two())
@@ -144,3 +147,55 @@ def test_a_thread_still_running_a_hop_is_not_idle() -> None:
         time.sleep(0.01)
     assert thread.idle
     thread.shutdown()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_thread_still_busy_when_its_request_is_cancelled_is_not_reused() -> None:
+    token = Token.objects.create(user=make_user("asgi-cancel")).key
+    app = SyncStackASGIHandler()
+    assert _get(app, "/api/v1/jobs/", token, count_hops=False)[0] == 200
+    assert len(app._idle) == 1  # a request that ended kept its thread for the next
+
+    entered, release = threading.Event(), threading.Event()
+
+    def held(**_: Any) -> None:
+        entered.set()
+        release.wait(10)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/api/v1/jobs/", "raw_path": b"/api/v1/jobs/",
+        "query_string": b"", "root_path": "", "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
+    }  # fmt: skip
+
+    async def cancelled_mid_request() -> None:
+        sent = False
+
+        async def receive() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.Event().wait()  # the client says nothing more
+            return {}
+
+        async def send(message: dict) -> None:
+            pass
+
+        task = asyncio.ensure_future(app(scope, receive, send))
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()  # as a server does at shutdown, while the thread is in the request
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    signals.request_started.connect(held, dispatch_uid="held")
+    try:
+        asyncio.run(cancelled_mid_request())
+        # The busy thread went, not back to the idle list, and the one that was idle was
+        # the one taken (so none is left).
+        assert app._idle == []
+    finally:
+        release.set()
+        signals.request_started.disconnect(dispatch_uid="held")

@@ -3,6 +3,8 @@ and moved there from the files older versions wrote (migration 0002)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -44,6 +46,8 @@ def test_each_crop_is_served_from_its_row(alice, alice_api) -> None:
 def test_a_region_stored_without_a_crop_answers_404(alice, alice_api) -> None:
     job = finished_job(alice)
     Region.objects.filter(job=job, index=1).update(crop_png=b"")
+    regions = alice_api.get(f"/api/v1/jobs/{job.id}/").json()["regions"]
+    assert [r["crop_url"] is None for r in regions] == [False, True]  # no link to nothing
     response = alice_api.get(f"/api/v1/jobs/{job.id}/regions/1/crop/")
     assert response.status_code == 404 and response.json()["code"] == "not_found"
     assert alice_api.get(f"/api/v1/jobs/{job.id}/regions/0/crop/").status_code == 200
@@ -58,7 +62,10 @@ def test_reading_jobs_leaves_the_crops_in_the_database(alice, alice_api) -> None
         payload = selectors.job_payload(selectors.job_of(alice, job.id))
     region_reads = [q["sql"] for q in queries.captured_queries if "detection_region" in q["sql"]]
     assert len(region_reads) == 3  # one for each read above, and each read found the regions
-    assert not any("crop_png" in sql for sql in region_reads)
+    # Only the crops' lengths are read (to know which have one), never their bytes.
+    length = 'LENGTH("detection_region"."crop_png")'
+    assert all(length in sql for sql in region_reads)
+    assert not any("crop_png" in sql.replace(length, "") for sql in region_reads)
     assert (
         [r["text"] for r in one["regions"]] == ["0", "1"] == [r["text"] for r in payload["regions"]]
     )
@@ -81,6 +88,12 @@ def test_the_migration_moves_crop_files_into_rows_and_back(alice) -> None:
                     "UPDATE detection_region SET crop = %s WHERE job_id = %s AND index = %s",
                     [name, job.id, index],
                 )
+        # Every file missing (a media volume not mounted, say): it stops, changes nothing.
+        os.remove(default_storage.path(f"jobs/{job.id}/crop-1-000.png"))
+        with pytest.raises(RuntimeError, match="None of the 2 crop files"):
+            MigrationExecutor(connection).migrate([("detection", "0002_region_crop_png")])
+        default_storage.save(f"jobs/{job.id}/crop-1-000.png", ContentFile(CROPS[0]))
+
         executor = MigrationExecutor(connection)
         executor.migrate([("detection", "0002_region_crop_png")])
 

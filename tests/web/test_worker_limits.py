@@ -43,6 +43,16 @@ def test_it_fails_a_reading_with_a_crop_over_the_pixel_limit(alice, settings) ->
     assert Job.objects.get(id=job.id).error_code == "crop_too_large"
 
 
+def test_it_fails_a_reading_whose_crops_are_over_the_byte_limit(alice, settings) -> None:
+    settings.SNAPREAD_MAX_CROP_BYTES = 100  # the fake chain's two crops take more
+    job = queued_job_without_message(alice)
+
+    assert read_job(str(job.id)) == "failed"
+    job.refresh_from_db()
+    assert (job.status, job.error_code) == (Status.FAILED, "crops_too_large")
+    assert job.regions.count() == 0
+
+
 def test_a_database_error_mid_chain_leaves_the_job_to_the_sweeper(alice, monkeypatch) -> None:
     def database_gone(claim: jobs.Claim, stage: str) -> bool:
         raise OperationalError("server closed the connection unexpectedly")

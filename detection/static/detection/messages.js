@@ -63,6 +63,11 @@ const FAILED = {
     why: "Something the reader took for a problem number covers a large part of the photo.",
     try: "Photograph the page so that it fills the picture, without big objects in front of it.",
   },
+  crops_too_large: {
+    title: "The regions found were too large, together, to keep.",
+    why: "What the reader took for problem numbers covers much of the photo, many times over.",
+    try: "Photograph a single page of problems so that it fills the picture.",
+  },
 };
 const FAILED_OTHER = {
   title: "Reading this photo failed.",
