@@ -6,13 +6,16 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from workers.pipeline.detect import resize_long_side
-from workers.pipeline.nets import fasterrcnn_tiny
+from workers.pipeline.nets import LineReader, fasterrcnn_tiny
 from workers.pipeline.pack import ModelPack
+from workers.training.__main__ import main
 from workers.training.synth import fonts, render_page
 from workers.training.train_detector import mine_false_positives, random_crop
+from workers.training.train_reader import blend
 
 
 def page_item(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,3 +55,36 @@ def test_it_mines_detections_that_match_no_true_box() -> None:
         from torchvision.ops import box_iou
 
         assert box_iou(with_truth, boxes).max() < 0.3
+
+
+def test_blending_two_readers_averages_their_weights(tmp_path) -> None:
+    torch.manual_seed(0)
+    first, second = LineReader(), LineReader()
+    with torch.no_grad():
+        for p in second.parameters():
+            p.add_(torch.randn_like(p))
+    second.features[0][1].num_batches_tracked.fill_(7)
+    torch.save(first.state_dict(), tmp_path / "a.pt")
+    torch.save(second.state_dict(), tmp_path / "b.pt")
+
+    main(["blend-readers", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"),
+          "--share", "0.25", "--out", str(tmp_path / "blend.pt")])  # fmt: skip
+
+    blended = torch.load(tmp_path / "blend.pt", weights_only=True)
+    a, b = first.state_dict(), second.state_dict()
+    for name, tensor in blended.items():
+        if tensor.is_floating_point():
+            torch.testing.assert_close(tensor, 0.75 * a[name] + 0.25 * b[name])
+        else:  # counters are the first's
+            assert torch.equal(tensor, a[name]), name
+    LineReader().load_state_dict(blended)  # a reader the chain can load
+
+
+def test_blending_refuses_two_different_networks(tmp_path) -> None:
+    torch.save(LineReader().state_dict(), tmp_path / "a.pt")
+    torch.save(LineReader(width=8).state_dict(), tmp_path / "b.pt")
+    with pytest.raises(ValueError, match=r"not the same network: features\.0\.0\.weight"):
+        blend(tmp_path / "a.pt", tmp_path / "b.pt", 0.5, tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="share must be from 0 to 1"):
+        blend(tmp_path / "a.pt", tmp_path / "a.pt", 1.5, tmp_path / "c.pt")
+    assert not (tmp_path / "c.pt").exists()

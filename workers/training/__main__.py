@@ -143,6 +143,12 @@ def cmd_train_reader(args: argparse.Namespace) -> None:
     print(json.dumps(stats))
 
 
+def cmd_blend_readers(args: argparse.Namespace) -> None:
+    from workers.training.train_reader import blend
+
+    print(json.dumps(blend(Path(args.first), Path(args.second), args.share, Path(args.out))))
+
+
 def cmd_pack(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -327,6 +333,15 @@ def parser() -> argparse.ArgumentParser:
         help="share of the crops blurred again, harder (sigma 1-2.5), as out-of-focus photos",
     )
     t.set_defaults(func=cmd_train_reader)
+
+    b = sub.add_parser(
+        "blend-readers", help="average two readers' weights (a reader and its fine-tune)"
+    )
+    b.add_argument("first")
+    b.add_argument("second")
+    b.add_argument("--share", type=float, required=True, help="the second's weight, 0 to 1")
+    b.add_argument("--out", required=True)
+    b.set_defaults(func=cmd_blend_readers)
 
     k = sub.add_parser("pack", help="write a model pack from trained weights")
     k.add_argument("--classifier", required=True)

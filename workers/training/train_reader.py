@@ -269,6 +269,31 @@ def train(
     }
 
 
+def blend(first: Path, second: Path, share: float, out: Path) -> dict:
+    """Two readers' weights averaged, ``(1 - share) * first + share * second``: a reader
+    and one fine-tuned from it, blended, can keep what the fine-tune learnt and what it
+    forgot (weight-space ensembling; docs/models.md). Counters are the first's."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be from 0 to 1, not {share}")
+    a = torch.load(first, map_location="cpu", weights_only=True)
+    b = torch.load(second, map_location="cpu", weights_only=True)
+    if a.keys() != b.keys():
+        raise ValueError(f"{first} and {second} are not the same network: their layers differ")
+    for name, tensor in a.items():
+        if tensor.shape != b[name].shape:
+            raise ValueError(
+                f"{first} and {second} are not the same network: {name} is "
+                f"{tuple(tensor.shape)} in one, {tuple(b[name].shape)} in the other"
+            )
+    blended = {
+        name: torch.lerp(tensor, b[name], share) if tensor.is_floating_point() else tensor
+        for name, tensor in a.items()
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(blended, out)
+    return {"first": str(first), "second": str(second), "share": share, "out": str(out)}
+
+
 def evaluate(model: nn.Module, items: list[tuple[np.ndarray, str]]) -> float:
     model.eval()
     right = 0
