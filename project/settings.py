@@ -54,7 +54,7 @@ def database_from_url(url: str) -> dict:
     if parsed.scheme not in ("postgres", "postgresql"):
         raise ImproperlyConfigured(f"DATABASE_URL must be postgres://..., not {parsed.scheme}://")
     return {
-        "ENGINE": "django.db.backends.postgresql",
+        "ENGINE": "project.postgres",
         "NAME": unquote(parsed.path.lstrip("/")),
         "USER": unquote(parsed.username or ""),
         "PASSWORD": unquote(parsed.password or ""),
@@ -76,7 +76,8 @@ def _pool_options() -> dict:
     On by default: 32 covers the worker's 24 threads and the web process's bursts within
     PostgreSQL's default 100 connections for one web and one worker; 0 turns it off.
     Connections are checked when taken (CONN_HEALTH_CHECKS), so a restarted database
-    costs a reconnect, not a failed request.
+    costs a reconnect, not a failed request; the engine's check reads the socket and
+    makes a round trip only when the server has said something (project/postgres).
     """
     size = env_int("DATABASE_POOL_MAX_SIZE", 32)
     if size <= 0:
