@@ -278,7 +278,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # The reading chain loads in each new worker child before it reports alive; allow for it.
 CELERY_WORKER_PROC_ALIVE_TIMEOUT = float(env_int("CELERY_WORKER_PROC_ALIVE_TIMEOUT", 180))
 CELERY_WORKER_SEND_TASK_EVENTS = True
-CELERY_TASK_SEND_SENT_EVENT = True
+# A task-sent event per upload lets Flower list jobs still waiting in the queue; it costs
+# the web process a second publish to the broker an upload (docs/benchmarks.md), and
+# Flower sees every task from the moment a worker takes it without it. Opt in.
+CELERY_TASK_SEND_SENT_EVENT = env_bool("CELERY_TASK_SEND_SENT_EVENT", False)
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "workers.tasks.read_job": {"queue": "gpu"},
