@@ -26,12 +26,11 @@ def pages():
 
 
 def test_it_reads_the_numbers_on_rendered_pages(pipeline: Pipeline, pages) -> None:
-    # A regression guard below what pack 1.2.3 reads (held-out recall 0.939, precision
-    # 0.971, docs/models.md). On these six pages 59 of 67 numbers are read right, as with
-    # 1.2.0-1.2.2, but 67 are reported (1.2.2: 63): on the EB Garamond page the reader
-    # takes every "22." for "12.", and the numbering's runs (pack 1.2.3) take the
-    # consecutive misreadings that follow from it. The product's targets are measured by
-    # workers.evaluate.
+    # A regression guard below what the reference pack reads (docs/models.md). On these
+    # six pages 59 of 67 numbers are read right, as with 1.2.0-1.2.3, and 65 are
+    # reported (1.2.3: 67, 1.2.2: 63): on the EB Garamond page the reader takes "22."
+    # for "12.", and the numbering's runs (pack 1.2.3) take some consecutive misreadings
+    # that follow from it. The product's targets are measured by workers.evaluate.
     results = pipeline.run([p.image for p in pages])
     truth = read = correct = 0
     for page, result in zip(pages, results, strict=True):
