@@ -21,6 +21,7 @@ ENV MEDIA_ROOT=/data/media STATIC_ROOT=/app/var/static SNAPREAD_PACK=/app/models
 RUN DEBUG=1 python manage.py collectstatic --no-input >/dev/null
 
 EXPOSE 8000
-CMD ["uvicorn", "project.asgi:application", "--host", "0.0.0.0", "--port", "8000", \
-     "--http", "httptools", "--loop", "uvloop", "--ws", "websockets", "--lifespan", "off", \
-     "--no-access-log"]
+CMD ["env", "MALLOC_ARENA_MAX=2", "PROMETHEUS_MULTIPROC_DIR=/app/var/web-metrics", \
+     "uvicorn", "project.asgi:application", "--host", "0.0.0.0", "--port", "8000", \
+     "--workers", "2", "--http", "httptools", "--loop", "uvloop", "--ws", "websockets", \
+     "--lifespan", "off", "--no-access-log"]

@@ -159,6 +159,8 @@ def _profile(pid: int, name: str, args: argparse.Namespace) -> subprocess.Popen:
     command = [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(pid)]
     command += ["-o", str(out), "--format", "raw"]
     command += ["--rate", "250", "--nonblocking", "--duration", str(round(args.seconds))]
+    if args.profile_gil:
+        command.append("--gil")
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -244,6 +246,11 @@ def main() -> None:
     p.add_argument("--users", type=int, default=20)
     add_stack_arguments(p, pool_for="the web process")
     p.add_argument("--profile", metavar="DIR", help="sample the web process with py-spy")
+    p.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: sample only the thread holding the GIL (what serialises requests)",
+    )
     p.add_argument(
         "--web-env",
         action="append",

@@ -8,9 +8,12 @@ answers loopback clients that did not come through a proxy, or anyone presenting
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hmac
 import ipaddress
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -110,6 +113,33 @@ def _has_token(request: HttpRequest) -> bool:
     token = settings.METRICS_TOKEN
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(presented, token)
+
+
+def prepare_multiprocess_dir(directory: str) -> None:
+    """Make the web's multiprocess directory ready before this process records anything.
+
+    Every web process of a server (uvicorn ``--workers N``) writes its values to files
+    named by its pid there, and /metrics, whichever process answers, sums them all
+    (prometheus_client's multiprocess mode). Each process clears out the files of
+    processes that are gone, an earlier run's or a sibling that died, and never a live
+    sibling's: their counts would otherwise be summed into this run's for good.
+    """
+    os.makedirs(directory, exist_ok=True)
+    for path in glob.glob(os.path.join(directory, "*.db")):
+        pid = os.path.basename(path).rsplit("_", 1)[-1].removesuffix(".db")
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):  # a sibling removed it first
+                os.remove(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _registry() -> CollectorRegistry:

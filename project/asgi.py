@@ -11,6 +11,13 @@ import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Several web processes (the Procfile runs uvicorn --workers N): each writes its
+    # metrics to files there that /metrics sums, so it must exist before the first one.
+    from detection.metrics import prepare_multiprocess_dir
+
+    prepare_multiprocess_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
 # Django must be set up before anything that imports models.
 django.setup(set_prefix=False)
 

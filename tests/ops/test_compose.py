@@ -5,6 +5,7 @@ No Docker engine runs here, so these read the files as Compose and Docker would.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -59,11 +60,23 @@ def test_it_runs_the_procfile_processes(compose: dict, procfile: dict[str, str])
         assert ours[:4] == theirs[:4], name  # celery -A project <role>
     assert _command(services["worker"]) == procfile["worker"]
     # The same web server and options, on all interfaces of its container, port 8000 (the
-    # Procfile's MALLOC_ARENA_MAX is the service's environment there).
-    web = procfile["web"].removeprefix("env MALLOC_ARENA_MAX=2 ")
+    # Procfile's environment is the service's environment there).
+    prefix = "env MALLOC_ARENA_MAX=2 PROMETHEUS_MULTIPROC_DIR=var/web-metrics/${PORT:-8000} "
+    assert procfile["web"].startswith(prefix)
+    web = procfile["web"].removeprefix(prefix)
     web = web.replace("--host 127.0.0.1", "--host 0.0.0.0").replace("${PORT:-8000}", "8000")
     assert _command(services["web"]) == web
-    assert services["web"]["environment"]["MALLOC_ARENA_MAX"] == "2"
+    assert "--workers ${WEB_CONCURRENCY:-2}" in web
+    environment = services["web"]["environment"]
+    assert environment["MALLOC_ARENA_MAX"] == "2"
+    assert environment["PROMETHEUS_MULTIPROC_DIR"] == "/app/var/web-metrics"
+    # The image's own default command is that service, with its environment.
+    [cmd] = re.findall(r"^CMD (\[.*?\])$", (REPO / "Dockerfile").read_text(), re.M | re.S)
+    image = " ".join(json.loads(cmd.replace("\\\n", "")))
+    assert image == (
+        "env MALLOC_ARENA_MAX=2 PROMETHEUS_MULTIPROC_DIR=/app/var/web-metrics "
+        + web.replace("${WEB_CONCURRENCY:-2}", "2")
+    )
     assert "--basic-auth=${FLOWER_BASIC_AUTH" in _command(services["flower"])
 
 

@@ -54,9 +54,13 @@ def test_it_reads_the_real_procfile_with_its_defaults() -> None:
     assert list(processes) == ["web", "worker", "beat", "flower"]
     env = {"FLOWER_BASIC_AUTH": "admin:secret"}
     assert devstack.expand(processes["web"], env) == (
-        "env MALLOC_ARENA_MAX=2 uvicorn project.asgi:application --host 127.0.0.1 --port 8000 "
+        "env MALLOC_ARENA_MAX=2 PROMETHEUS_MULTIPROC_DIR=var/web-metrics/8000 "
+        "uvicorn project.asgi:application --host 127.0.0.1 --port 8000 --workers 2 "
         "--http httptools --loop uvloop --ws websockets --lifespan off --no-access-log"
     )
+    three = devstack.expand(processes["web"], {**env, "WEB_CONCURRENCY": "3", "PORT": "8010"})
+    assert "PROMETHEUS_MULTIPROC_DIR=var/web-metrics/8010 " in three
+    assert "--port 8010 --workers 3 " in three
     flower = devstack.expand(processes["flower"], env)
     assert "--port=5555" in flower and "--basic-auth=admin:secret" in flower
 
