@@ -18,7 +18,8 @@ loopback, runs five phases of ``--seconds`` each against the same server:
 No worker runs: jobs stay queued and their messages wait in the benchmark's own Redis,
 which the measure does not depend on. ``--db-pool`` (20) sets DATABASE_POOL_MAX_SIZE;
 ``--web-env KEY=VALUE`` adds to the web process's environment (MALLOC_ARENA_MAX=2, say);
-``--profile DIR`` samples the web process with py-spy, one folded-stack file a phase.
+``--profile DIR`` samples the web process with py-spy, one folded-stack file a phase
+(``--profile-gil``: only the thread holding the interpreter lock).
 The per-user submit rate and the cap on unfinished jobs are raised
 (``SNAPREAD_SUBMIT_RATE=1000000/min``, ``SNAPREAD_MAX_UNFINISHED_JOBS=1000000``) and
 both are still checked on every upload: their cost is in the numbers, their refusals
@@ -157,6 +158,7 @@ def _profile(pid: int, name: str, args: argparse.Namespace) -> subprocess.Popen:
     out = Path(args.profile) / f"{name}.folded"
     out.parent.mkdir(parents=True, exist_ok=True)
     command = [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(pid)]
+    command.append("--subprocesses")  # the server's processes (uvicorn --workers), not only it
     command += ["-o", str(out), "--format", "raw"]
     command += ["--rate", "250", "--nonblocking", "--duration", str(round(args.seconds))]
     if args.profile_gil:
