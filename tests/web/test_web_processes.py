@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.stack import processes
 from detection.metrics import prepare_multiprocess_dir
 
 from .conftest import REPO
@@ -28,8 +28,12 @@ REQUESTS = 120
 def live_web(tmp_path_factory, django_db_setup) -> Iterator[LiveWeb]:
     with running_web(tmp_path_factory) as web:
         yield web
-    # The Procfile's directory for this server's metrics, under the checkout's var/.
-    shutil.rmtree(REPO / "var" / "web-metrics" / str(web.port), ignore_errors=True)
+    shutil.rmtree(metrics_dir(web), ignore_errors=True)
+
+
+def metrics_dir(web: LiveWeb) -> Path:
+    """The Procfile's directory for this server's metrics, under the checkout's var/."""
+    return REPO / "var" / "web-metrics" / str(web.port)
 
 
 def unmatched_404s(text: str) -> float:
@@ -51,16 +55,19 @@ def fresh_get(url: str) -> requests.Response:
 def test_the_web_runs_two_processes_that_all_answer_and_metrics_sum_them(
     live_web: LiveWeb,
 ) -> None:
-    server = psutil.Process(live_web.process.pid)
     # uvicorn's supervisor spawns the processes that serve (and multiprocessing's
     # resource tracker beside them).
-    children = [
-        child
-        for child in server.children()
-        if "spawn_main" in " ".join(child.cmdline())
-        and "resource_tracker" not in " ".join(child.cmdline())
-    ]
-    assert len(children) == 2, [p.cmdline() for p in children]
+    children = {
+        pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        for pid, (_, parent) in processes().items()
+        if parent == live_web.process.pid
+    }
+    serving = {
+        pid
+        for pid, cmd in children.items()
+        if b"spawn_main" in cmd and b"resource_tracker" not in cmd
+    }
+    assert len(serving) == 2, children
 
     with ThreadPoolExecutor(8) as pool:
         urls = [f"{live_web.base}/no/such/page/{i}/" for i in range(REQUESTS)]
@@ -68,9 +75,8 @@ def test_the_web_runs_two_processes_that_all_answer_and_metrics_sum_them(
     assert statuses == [404] * REQUESTS
 
     # Each process writes its own files, named by its pid: both served some requests.
-    metrics_dir = REPO / "var" / "web-metrics" / str(live_web.port)
-    writers = {int(path.stem.rsplit("_", 1)[1]) for path in metrics_dir.glob("counter_*.db")}
-    assert writers == {child.pid for child in children}
+    files = metrics_dir(live_web).glob("counter_*.db")
+    assert {int(path.stem.rsplit("_", 1)[1]) for path in files} == serving
 
     # Whichever process answers the scrape, it counts every process's requests.
     for _ in range(6):
