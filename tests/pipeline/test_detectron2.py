@@ -86,14 +86,16 @@ def _pack(tmp_path: Path, cfg, weights: Path, config_name: str) -> Path:
     pack = tmp_path / "d2pack"
     pack.mkdir()
     shutil.copyfile(weights, pack / "model_final.pth")
-    for name in ("classifier.pt", "reader.pt"):
+    manifest = json.loads((DEFAULT_PACK_DIR / "manifest.json").read_text())
+    readers = manifest["ocr"]["file"]
+    readers = [readers] if isinstance(readers, str) else readers
+    for name in ("classifier.pt", *readers):
         shutil.copyfile(DEFAULT_PACK_DIR / name, pack / name)
     if config_name.endswith(".yaml"):
         (pack / config_name).write_text(cfg.dump())
     else:
         with (pack / config_name).open("wb") as fh:
             pickle.dump(cfg, fh)
-    manifest = json.loads((DEFAULT_PACK_DIR / "manifest.json").read_text())
     manifest["name"] = "d2-test"
     manifest["detect"] = {
         "backend": "detectron2",
@@ -102,7 +104,7 @@ def _pack(tmp_path: Path, cfg, weights: Path, config_name: str) -> Path:
         "classes": ["number"],
         "score_threshold": 0.0,
     }
-    write_manifest(pack, manifest, ["classifier.pt", "reader.pt", "model_final.pth", config_name])
+    write_manifest(pack, manifest, ["classifier.pt", *readers, "model_final.pth", config_name])
     return pack
 
 

@@ -16,7 +16,7 @@ def _manifest(pack: Path) -> dict:
 def test_it_loads_the_reference_pack_and_checks_every_file(pack_copy: Path) -> None:
     pack = ModelPack.load(pack_copy)
     assert pack.name == "reference"
-    assert set(pack.files) == {"classifier.pt", "detector.pt", "reader.pt"}
+    assert set(pack.files) == {"classifier.pt", "detector.pt", "reader.pt", "reader-2.pt"}
     total = sum((pack_copy / name).stat().st_size for name in pack.files)
     assert total <= 25 * 1024 * 1024
 
@@ -101,7 +101,9 @@ def test_it_loads_a_torchscript_classifier(pack_copy: Path, pipeline) -> None:
         "format": "torchscript",
         "file": "classifier.ts",
     }
-    write_manifest(pack_copy, manifest, ["classifier.ts", "detector.pt", "reader.pt"])
+    write_manifest(
+        pack_copy, manifest, ["classifier.ts", "detector.pt", "reader.pt", "reader-2.pt"]
+    )
 
     page = render_page(90_000_900, fonts("heldout")).image
     [ours] = load_pipeline(pack_copy, "cpu").classifier.classify([page])
@@ -127,7 +129,9 @@ def test_it_loads_a_torchvision_detection_model_by_builder_name(pack_copy: Path)
         "file": "mobilenet.pt",
         "score_threshold": 0.0,
     }
-    write_manifest(pack_copy, manifest, ["classifier.pt", "mobilenet.pt", "reader.pt"])
+    write_manifest(
+        pack_copy, manifest, ["classifier.pt", "mobilenet.pt", "reader.pt", "reader-2.pt"]
+    )
 
     from PIL import Image
 

@@ -15,7 +15,7 @@ from tests.pipeline.test_stages import printed
 from workers.pipeline import Pipeline
 from workers.pipeline.nets import LineReader
 from workers.pipeline.ocr import CtcReader, SecondLook, _stretched, load_reader
-from workers.pipeline.pack import ModelPack, PackError
+from workers.pipeline.pack import ModelPack, PackError, sha256_of
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +177,70 @@ def test_it_reads_crops_of_any_size(reader) -> None:
     sizes = [(1, 1), (1, 36), (600, 36), (5, 200), (40, 10)]
     readings = reader.read([Image.new("L", s, 200) for s in sizes])
     assert len(readings) == len(sizes)
+
+
+def with_readers(pack_copy: Path, readers: dict[str, dict]) -> CtcReader:
+    """The pack copy reading with these weights (file name: state dict) as one ensemble."""
+    manifest = json.loads((pack_copy / "manifest.json").read_text())
+    for name, state in readers.items():
+        if name != "reader.pt":
+            torch.save(state, pack_copy / name)
+        manifest["files"][name] = sha256_of(pack_copy / name)
+    manifest["ocr"]["file"] = list(readers)
+    (pack_copy / "manifest.json").write_text(json.dumps(manifest))
+    pack = ModelPack.load(pack_copy)
+    reader = load_reader(pack.ocr, pack, None)
+    assert isinstance(reader, CtcReader)
+    return reader
+
+
+def test_readers_listed_together_read_with_the_mean_of_their_probabilities(
+    reader, pack_copy: Path
+) -> None:
+    shipped = torch.load(pack_copy / "reader.pt", weights_only=True)
+    torch.manual_seed(0)
+    other = {
+        k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() and "running" not in k else v
+        for k, v in shipped.items()
+    }
+    ensemble = with_readers(pack_copy, {"reader.pt": shipped, "other.pt": other})
+
+    def alone(state: dict) -> CtcReader:
+        module = LineReader()
+        module.load_state_dict(state)
+        return CtcReader(module.eval(), reader.alphabet, reader.settings, reader.device)
+
+    crops = [as_crop(printed(t)) for t in ["3.14.", "215.", "12.7*."]]
+    together = ensemble.read(crops)
+    first, second = alone(shipped).read(crops), alone(other).read(crops)
+    for t, a, b in zip(together, first, second, strict=True):
+        assert a.columns is not None and b.columns is not None and t.columns is not None
+        assert not np.allclose(a.columns, b.columns, atol=1e-3)  # two different readers
+        np.testing.assert_allclose(t.columns, (a.columns + b.columns) / 2, atol=1e-5)
+    # A reader listed twice reads exactly as it does alone.
+    twice = with_readers(pack_copy, {"reader.pt": shipped, "again.pt": shipped}).read(crops)
+    assert [(r.text, r.confidence) for r in twice] == [(r.text, r.confidence) for r in first]
+
+
+def test_an_ensemble_of_readers_that_do_not_fit_is_a_pack_error(pack_copy: Path) -> None:
+    manifest = json.loads((pack_copy / "manifest.json").read_text())
+    for files, message in [
+        (["reader.pt", "absent.pt"], "absent.pt"),  # used but not listed in 'files'
+        ([], "ocr 'file'"),
+        (["reader.pt", 3], "ocr 'file'"),
+    ]:
+        manifest["ocr"]["file"] = files
+        (pack_copy / "manifest.json").write_text(json.dumps(manifest))
+        pack = ModelPack.load(pack_copy)
+        with pytest.raises(PackError, match=message):
+            load_reader(pack.ocr, pack, None)
+    torch.save(LineReader(height=24).state_dict(), pack_copy / "short.pt")
+    manifest["files"]["short.pt"] = sha256_of(pack_copy / "short.pt")
+    manifest["ocr"]["file"] = ["reader.pt", "short.pt"]
+    (pack_copy / "manifest.json").write_text(json.dumps(manifest))
+    pack = ModelPack.load(pack_copy)
+    with pytest.raises(PackError, match="short.pt"):
+        load_reader(pack.ocr, pack, None)
 
 
 def test_a_ctc_pack_must_name_its_alphabet(pack_copy: Path) -> None:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from workers.pipeline import load_pipeline
 from workers.pipeline.detect import resize_long_side
-from workers.pipeline.nets import LineReader, fasterrcnn_tiny
+from workers.pipeline.nets import LineReader, ReaderEnsemble, fasterrcnn_tiny
 from workers.pipeline.pack import ModelPack
 from workers.training.__main__ import main
 from workers.training.synth import fonts, render_page
@@ -88,3 +89,30 @@ def test_blending_refuses_two_different_networks(tmp_path) -> None:
     with pytest.raises(ValueError, match="share must be from 0 to 1"):
         blend(tmp_path / "a.pt", tmp_path / "a.pt", 1.5, tmp_path / "c.pt")
     assert not (tmp_path / "c.pt").exists()
+
+
+def test_a_pack_written_with_two_readers_reads_them_as_one(tmp_path) -> None:
+    shipped = ModelPack.load()
+    torch.manual_seed(1)
+    torch.save(LineReader().state_dict(), tmp_path / "second.pt")
+    out = tmp_path / "pack"
+    main(["pack", "--classifier", str(shipped.path("classifier.pt")),
+          "--detector", str(shipped.path("detector.pt")),
+          "--reader", str(shipped.path(shipped.ocr["file"][0])),
+          "--reader", str(tmp_path / "second.pt"),
+          "--out", str(out), "--version", "9.9.9"])  # fmt: skip
+
+    pack = ModelPack.load(out)  # every file checked against its sha256
+    assert pack.ocr["file"] == ["reader.pt", "reader-2.pt"]
+    assert set(pack.files) == {"classifier.pt", "detector.pt", "reader.pt", "reader-2.pt"}
+    # The numbering's checks are the ones chosen for readers read together.
+    assert pack.ocr["numbering"]["min_probability"] == 0.01
+    assert pack.ocr["numbering"]["runs"]["min_probability"] == 0.02
+    reader = load_pipeline(out, "cpu").reader
+    assert isinstance(reader.module, ReaderEnsemble) and len(reader.module.members) == 2
+
+    main(["pack", "--classifier", str(shipped.path("classifier.pt")),
+          "--detector", str(shipped.path("detector.pt")),
+          "--reader", str(tmp_path / "second.pt"), "--out", str(tmp_path / "one")])  # fmt: skip
+    one = ModelPack.load(tmp_path / "one")
+    assert one.ocr["file"] == "reader.pt" and one.ocr["numbering"]["min_probability"] == 0.05

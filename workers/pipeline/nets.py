@@ -167,6 +167,33 @@ class LineReader(nn.Module):
         return self.head(self.context(f)).transpose(1, 2)
 
 
+class ReaderEnsemble(nn.Module):
+    """Line readers of one geometry (input height, stride, receptive field) read as one:
+    each column's class probabilities are the mean of the members', returned as
+    log-probabilities, so a softmax over the output gives that mean back. Where two
+    readers err differently (a reader and its fine-tune do), the mean is sure where they
+    agree and less sure where they do not (docs/models.md)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one reader")
+        first = members[0]
+        for other in members[1:]:
+            if int(other.height) != int(first.height):
+                raise ValueError(
+                    f"readers of different heights ({int(first.height)}, {int(other.height)})"
+                    " cannot be read together"
+                )
+        self.members = nn.ModuleList(members)
+        self.height = first.height
+        self.RECEPTIVE_FIELD = max(int(m.RECEPTIVE_FIELD) for m in members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.stack([m(x).float().softmax(-1) for m in self.members]).mean(0)
+        return mean.clamp_min(1e-12).log()
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "resnet8": ResNet8,
     "fasterrcnn_tiny": fasterrcnn_tiny,

@@ -82,6 +82,13 @@ class Numbering:
         return cls(min_probability, runs, gaps)
 
 
+# What `workers.training pack` writes for two or more readers read as one
+# (nets.ReaderEnsemble): their mean is less sure than either reader where they
+# disagree, so the checks ask less of it (chosen with pack 1.2.5's readers on both
+# validation sets: docs/models.md).
+READ_TOGETHER = Numbering(min_probability=0.01, runs=Runs(min_probability=0.02))
+
+
 def _probability(cfg: dict, key: str, default: float, where: str) -> float:
     name = f"ocr.numbering.{where}{key}"
     try:

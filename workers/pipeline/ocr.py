@@ -280,6 +280,7 @@ class CtcReader:
     @classmethod
     def from_pack(cls, pack: Any, cfg: dict[str, Any], device: Any) -> CtcReader:
         from workers.pipeline.classify import load_module
+        from workers.pipeline.nets import ReaderEnsemble
 
         look = SecondLook.from_config(cfg["second_look"]) if "second_look" in cfg else None
         sequence = Numbering.from_config(cfg["numbering"]) if "numbering" in cfg else None
@@ -289,7 +290,19 @@ class CtcReader:
                 f"{pack.root}: ocr backend 'ctc' needs 'alphabet' (the classes after blank)"
             )
         args = {"num_classes": len(alphabet) + 1, **cfg.get("arch_args", {})}
-        module = load_module(pack, {"arch": "line_reader", **cfg, "arch_args": args}, device)
+        files = cfg.get("file")
+        if isinstance(files, str):
+            files = [files]
+        if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+            raise PackError(
+                f"{pack.root}: ocr 'file' must name the reader's weights, or list several"
+                " readers' to read as one"
+            )
+        members = [
+            load_module(pack, {"arch": "line_reader", **cfg, "file": f, "arch_args": args}, device)
+            for f in files
+        ]
+        module = members[0] if len(members) == 1 else ReaderEnsemble(members).eval()
         return cls(module, alphabet, OcrSettings.from_config(cfg), device, look, sequence)
 
     def prepare(self, crop: Image.Image) -> np.ndarray:

@@ -30,13 +30,16 @@ TESSERACT_OCR = {
 }
 
 
-def reference_manifest(name: str, version: str, ocr: str = "ctc") -> dict:
+def reference_manifest(
+    name: str, version: str, ocr: str = "ctc", readers: tuple[str, ...] = ("reader.pt",)
+) -> dict:
     """The settings of the reference pack; a user's pack may change any of them.
 
-    ``ocr`` is ``ctc`` (the pack's own line reader, ``reader.pt``) or ``tesserocr``
-    (Tesseract, no weights of ours).
+    ``ocr`` is ``ctc`` (the pack's own line reader, the weights in ``readers``; two or
+    more are read as one, their probabilities averaged) or ``tesserocr`` (Tesseract,
+    no weights of ours).
     """
-    from workers.pipeline.numbering import Numbering
+    from workers.pipeline.numbering import READ_TOGETHER, Numbering
     from workers.pipeline.ocr import SecondLook
     from workers.training import train_classifier, train_detector, train_reader
 
@@ -44,7 +47,7 @@ def reference_manifest(name: str, version: str, ocr: str = "ctc") -> dict:
         "backend": "ctc",
         "arch": "line_reader",
         "format": "state_dict",
-        "file": "reader.pt",
+        "file": readers[0] if len(readers) == 1 else list(readers),
         "alphabet": train_reader.ALPHABET,
         "pattern": r"\d+(?:\.\d+)*",
         "min_confidence": 80.0,
@@ -52,7 +55,7 @@ def reference_manifest(name: str, version: str, ocr: str = "ctc") -> dict:
         "second_look": asdict(SecondLook()),
         # An unsure reading between sure ones is checked against the number the
         # sequence expects there.
-        "numbering": asdict(Numbering()),
+        "numbering": asdict(Numbering() if len(readers) == 1 else READ_TOGETHER),
     }
 
     return {
@@ -162,10 +165,15 @@ def cmd_pack(args: argparse.Namespace) -> None:
     put(args.classifier, "classifier.pt")
     put(args.detector, "detector.pt")
     files = ["classifier.pt", "detector.pt"]
-    if args.reader:
-        put(args.reader, "reader.pt")
-        files.append("reader.pt")
-    manifest = reference_manifest(args.name, args.version, "ctc" if args.reader else "tesserocr")
+    readers = [
+        "reader.pt" if k == 0 else f"reader-{k + 1}.pt" for k in range(len(args.reader or []))
+    ]
+    for source, name in zip(args.reader or [], readers, strict=True):
+        put(source, name)
+    files += readers
+    manifest = reference_manifest(
+        args.name, args.version, "ctc" if readers else "tesserocr", tuple(readers) or ("reader.pt",)
+    )
     path = write_manifest(out, manifest, files)
     print(f"wrote {path}")
 
@@ -346,7 +354,12 @@ def parser() -> argparse.ArgumentParser:
     k = sub.add_parser("pack", help="write a model pack from trained weights")
     k.add_argument("--classifier", required=True)
     k.add_argument("--detector", required=True)
-    k.add_argument("--reader", help="the trained reader; without it the pack reads with Tesseract")
+    k.add_argument(
+        "--reader",
+        action="append",
+        help="the trained reader; give it twice or more for readers read as one (their "
+        "probabilities averaged); without it the pack reads with Tesseract",
+    )
     k.add_argument("--out", required=True)
     k.add_argument("--name", default="reference")
     k.add_argument("--version", default="1.0.0")
