@@ -13,7 +13,7 @@ from PIL import Image, ImageFilter
 
 from tests.pipeline.test_stages import printed
 from workers.pipeline import Pipeline
-from workers.pipeline.nets import LineReader
+from workers.pipeline.nets import LineReader, ReaderEnsemble
 from workers.pipeline.ocr import CtcReader, SecondLook, _stretched, load_reader
 from workers.pipeline.pack import ModelPack, PackError, sha256_of
 
@@ -218,8 +218,11 @@ def test_readers_listed_together_read_with_the_mean_of_their_probabilities(
         assert not np.allclose(a.columns, b.columns, atol=1e-3)  # two different readers
         np.testing.assert_allclose(t.columns, (a.columns + b.columns) / 2, atol=1e-5)
     # A reader listed twice reads exactly as it does alone.
-    twice = with_readers(pack_copy, {"reader.pt": shipped, "again.pt": shipped}).read(crops)
-    assert [(r.text, r.confidence) for r in twice] == [(r.text, r.confidence) for r in first]
+    twice = with_readers(pack_copy, {"reader.pt": shipped, "again.pt": shipped})
+    for a, b in zip(CtcReader(twice.module, reader.alphabet, reader.settings, reader.device)
+                    .read(crops), first, strict=True):  # fmt: skip
+        assert (a.text, a.confidence) == (b.text, b.confidence)
+        np.testing.assert_allclose(a.columns, b.columns, atol=1e-6)
 
 
 def test_an_ensemble_of_readers_that_do_not_fit_is_a_pack_error(pack_copy: Path) -> None:
@@ -234,6 +237,8 @@ def test_an_ensemble_of_readers_that_do_not_fit_is_a_pack_error(pack_copy: Path)
         pack = ModelPack.load(pack_copy)
         with pytest.raises(PackError, match=message):
             load_reader(pack.ocr, pack, None)
+    with pytest.raises(ValueError, match="heights"):
+        ReaderEnsemble([LineReader(), LineReader(height=24)])
     torch.save(LineReader(height=24).state_dict(), pack_copy / "short.pt")
     manifest["files"]["short.pt"] = sha256_of(pack_copy / "short.pt")
     manifest["ocr"]["file"] = ["reader.pt", "short.pt"]

@@ -111,6 +111,17 @@ def test_a_pack_written_with_two_readers_reads_them_as_one(tmp_path) -> None:
     reader = load_pipeline(out, "cpu").reader
     assert isinstance(reader.module, ReaderEnsemble) and len(reader.module.members) == 2
 
+    # Written in place, with the two readers swapped: each is read before either is replaced.
+    before = dict(pack.files)
+    main(["pack", "--classifier", str(out / "classifier.pt"),
+          "--detector", str(out / "detector.pt"),
+          "--reader", str(out / "reader-2.pt"), "--reader", str(out / "reader.pt"),
+          "--out", str(out)])  # fmt: skip
+    after = ModelPack.load(out).files
+    assert after["reader.pt"] == before["reader-2.pt"]
+    assert after["reader-2.pt"] == before["reader.pt"]
+    assert not list(out.glob(".*.part"))
+
     main(["pack", "--classifier", str(shipped.path("classifier.pt")),
           "--detector", str(shipped.path("detector.pt")),
           "--reader", str(tmp_path / "second.pt"), "--out", str(tmp_path / "one")])  # fmt: skip

@@ -168,7 +168,7 @@ class LineReader(nn.Module):
 
 
 class ReaderEnsemble(nn.Module):
-    """Line readers of one geometry (input height, stride, receptive field) read as one:
+    """Line readers of one input height (and `LineReader`'s stride) read as one:
     each column's class probabilities are the mean of the members', returned as
     log-probabilities, so a softmax over the output gives that mean back. Where two
     readers err differently (a reader and its fine-tune do), the mean is sure where they

@@ -58,8 +58,9 @@ class Gaps:
 
 @dataclass(frozen=True)
 class Numbering:
-    """The defaults are what `workers.training pack` writes (chosen with pack 1.2.1's
-    models: docs/models.md); in a manifest, a check left out is off."""
+    """The defaults are what `workers.training pack` writes for one reader (chosen with
+    pack 1.2.1's models: docs/models.md), `READ_TOGETHER` what it writes for several; in
+    a manifest, a check left out is off."""
 
     min_probability: float = 0.05
     runs: Runs | None = field(default_factory=Runs)

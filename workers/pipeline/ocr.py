@@ -302,7 +302,10 @@ class CtcReader:
             load_module(pack, {"arch": "line_reader", **cfg, "file": f, "arch_args": args}, device)
             for f in files
         ]
-        module = members[0] if len(members) == 1 else ReaderEnsemble(members).eval()
+        try:
+            module = members[0] if len(members) == 1 else ReaderEnsemble(members).eval()
+        except ValueError as exc:
+            raise PackError(f"{pack.root}: ocr 'file' {files}: {exc}") from None
         return cls(module, alphabet, OcrSettings.from_config(cfg), device, look, sequence)
 
     def prepare(self, crop: Image.Image) -> np.ndarray:

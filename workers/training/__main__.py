@@ -156,11 +156,16 @@ def cmd_pack(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    staged: list[tuple[Path, Path]] = []
+
     def put(source: str, name: str) -> None:
-        # A new pack may keep a model of the pack it replaces, in place.
+        # A new pack may keep a model of the pack it replaces, in place. Every file is
+        # copied before any is replaced, so sources in `out` are read as they were.
         target = out / name
         if not (target.exists() and os.path.samefile(source, target)):
-            shutil.copyfile(source, target)
+            part = out / f".{name}.part"
+            shutil.copyfile(source, part)
+            staged.append((part, target))
 
     put(args.classifier, "classifier.pt")
     put(args.detector, "detector.pt")
@@ -171,6 +176,8 @@ def cmd_pack(args: argparse.Namespace) -> None:
     for source, name in zip(args.reader or [], readers, strict=True):
         put(source, name)
     files += readers
+    for part, target in staged:
+        os.replace(part, target)
     manifest = reference_manifest(
         args.name, args.version, "ctc" if readers else "tesserocr", tuple(readers) or ("reader.pt",)
     )
