@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from workers.pipeline import DEFAULT_PACK_DIR, load_pipeline
+from workers.pipeline.ocr import reader_files
 from workers.pipeline.pack import write_manifest
 from workers.training.synth import fonts, render_page
 
@@ -87,8 +88,7 @@ def _pack(tmp_path: Path, cfg, weights: Path, config_name: str) -> Path:
     pack.mkdir()
     shutil.copyfile(weights, pack / "model_final.pth")
     manifest = json.loads((DEFAULT_PACK_DIR / "manifest.json").read_text())
-    readers = manifest["ocr"]["file"]
-    readers = [readers] if isinstance(readers, str) else readers
+    readers = reader_files(manifest["ocr"])
     for name in ("classifier.pt", *readers):
         shutil.copyfile(DEFAULT_PACK_DIR / name, pack / name)
     if config_name.endswith(".yaml"):

@@ -290,14 +290,7 @@ class CtcReader:
                 f"{pack.root}: ocr backend 'ctc' needs 'alphabet' (the classes after blank)"
             )
         args = {"num_classes": len(alphabet) + 1, **cfg.get("arch_args", {})}
-        files = cfg.get("file")
-        if isinstance(files, str):
-            files = [files]
-        if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
-            raise PackError(
-                f"{pack.root}: ocr 'file' must name the reader's weights, or list several"
-                " readers' to read as one"
-            )
+        files = reader_files(cfg, pack.root)
         members = [
             load_module(pack, {"arch": "line_reader", **cfg, "file": f, "arch_args": args}, device)
             for f in files
@@ -487,6 +480,20 @@ class SecondLook:
                 f"({len(look.stretch) + 1})"
             )
         return look
+
+
+def reader_files(cfg: dict[str, Any], where: Any = "the pack") -> list[str]:
+    """The weight files a `ctc` reader's ``ocr.file`` names: one, or several readers'
+    read as one (nets.ReaderEnsemble)."""
+    files = cfg.get("file")
+    if isinstance(files, str):
+        files = [files]
+    if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+        raise PackError(
+            f"{where}: ocr 'file' must name the reader's weights, or list several"
+            " readers' to read as one"
+        )
+    return files
 
 
 def _stretched(crop: Image.Image, factor: float) -> Image.Image:

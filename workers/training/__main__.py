@@ -30,14 +30,12 @@ TESSERACT_OCR = {
 }
 
 
-def reference_manifest(
-    name: str, version: str, ocr: str = "ctc", readers: tuple[str, ...] = ("reader.pt",)
-) -> dict:
+def reference_manifest(name: str, version: str, readers: tuple[str, ...] = ("reader.pt",)) -> dict:
     """The settings of the reference pack; a user's pack may change any of them.
 
-    ``ocr`` is ``ctc`` (the pack's own line reader, the weights in ``readers``; two or
-    more are read as one, their probabilities averaged) or ``tesserocr`` (Tesseract,
-    no weights of ours).
+    OCR is the pack's own line reader (``ctc``) with the weights in ``readers``, two or
+    more read as one, their probabilities averaged; with no readers it is Tesseract
+    (``tesserocr``, no weights of ours).
     """
     from workers.pipeline.numbering import READ_TOGETHER, Numbering
     from workers.pipeline.ocr import SecondLook
@@ -83,7 +81,7 @@ def reference_manifest(
             "max_regions": 100,
         },
         "crop": dict(train_reader.CROP),
-        "ocr": reader if ocr == "ctc" else dict(TESSERACT_OCR),
+        "ocr": reader if readers else dict(TESSERACT_OCR),
     }
 
 
@@ -178,9 +176,7 @@ def cmd_pack(args: argparse.Namespace) -> None:
     files += readers
     for part, target in staged:
         os.replace(part, target)
-    manifest = reference_manifest(
-        args.name, args.version, "ctc" if readers else "tesserocr", tuple(readers) or ("reader.pt",)
-    )
+    manifest = reference_manifest(args.name, args.version, tuple(readers))
     path = write_manifest(out, manifest, files)
     print(f"wrote {path}")
 
