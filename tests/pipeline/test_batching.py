@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from workers.batching import Batcher
+from workers.pipeline.chain import Prepared
 from workers.training.synth import fonts, render_page
 
 
@@ -144,6 +145,26 @@ def test_a_chain_without_halves_runs_whole(overlap) -> None:
     assert Batcher(WholeChain(), max_batch=4, overlap=overlap).read([1, 2, 3]) == [-1, -2, -3]
 
 
+@BOTH
+def test_each_image_is_prepared_on_its_submitters_thread_not_the_batchs(overlap) -> None:
+    class PreparingChain(RecordingChain):
+        def __init__(self) -> None:
+            super().__init__(detect_s=0.05)
+            self.prepared_on: dict[int, str] = {}
+
+        def prepare(self, image):  # type: ignore[no-untyped-def]
+            self.prepared_on[image] = threading.current_thread().name
+            return 10 * image
+
+    chain = PreparingChain()
+    batcher = Batcher(chain, max_batch=4, max_wait_ms=200, overlap=overlap)
+    results, _ = read_all(batcher, [1, 2, 3, 4])
+    assert results == [2 * 10 * x + 1 for x in [1, 2, 3, 4]]
+    assert sorted(x for batch in chain.detect_batches for x in batch) == [10, 20, 30, 40]
+    assert len(set(chain.prepared_on.values())) == 4  # the four submitting threads
+    assert not {"batch-accel", "batch-cpu"} & set(chain.prepared_on.values())
+
+
 def test_a_timeout_raises_and_abandons() -> None:
     batcher = Batcher(RecordingChain(detect_s=1.0), max_batch=1)
     ticket = batcher.submit(1)
@@ -152,10 +173,20 @@ def test_a_timeout_raises_and_abandons() -> None:
     assert ticket.abandoned
 
 
-def test_the_real_chain_answers_the_same_in_a_batch_as_alone(pipeline) -> None:
+def test_the_real_chain_answers_the_same_in_a_batch_as_alone(pipeline, monkeypatch) -> None:
     images = [render_page(seed, fonts("heldout")).image for seed in (7, 8, 9, 10)]
     alone = [pipeline.run([image])[0] for image in images]
+    handed: list[type] = []
+    detect = pipeline.detect
+
+    def watched(batch, on_stage=None):  # type: ignore[no-untyped-def]
+        handed.extend(type(x) for x in batch)
+        return detect(batch, on_stage)
+
+    monkeypatch.setattr(pipeline, "detect", watched)
     batched = Batcher(pipeline, max_batch=4, max_wait_ms=500).read(images)
+    # The batch gets the images as the submitters prepared them (resized, as tensors).
+    assert handed == [Prepared] * 4
     for one, many in zip(alone, batched, strict=True):
         assert one.classification.label == many.classification.label
         assert [r.text for r in one.regions] == [r.text for r in many.regions]

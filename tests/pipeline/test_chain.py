@@ -196,3 +196,39 @@ def test_the_threshold_sweep_agrees_with_the_evaluation_at_the_packs_thresholds(
         confidence,
     )
     assert (pipeline.reader.second_look, pipeline.reader.numbering) == (look, numbering)
+
+
+def test_prepared_images_read_exactly_as_the_images_themselves(pipeline: Pipeline, pages) -> None:
+    # A batching worker prepares each image on its job's thread (Pipeline.prepare) and
+    # hands the batch the prepared inputs; the answer must not change, box for box.
+    images = [pages[0].image, render_negative(90_000_201), _rotated_photo(pages[5].image)]
+    plain = [r.to_dict() for r in pipeline.run(images)]
+    prepared = [r.to_dict() for r in pipeline.run([pipeline.prepare(im) for im in images])]
+    mixed = [r.to_dict() for r in pipeline.run([pipeline.prepare(images[0]), *images[1:]])]
+    for answers in (plain, prepared, mixed):
+        for answer in answers:
+            answer.pop("timings_ms")
+    assert prepared == plain
+    assert mixed == plain
+    assert plain[0]["regions"] and not plain[1]["classification"]["relevant"]
+
+
+def test_prepare_makes_every_model_input_ahead(pipeline: Pipeline, pages) -> None:
+    page = pages[0].image.convert("L")
+    ready = pipeline.prepare(page)
+    assert ready.image.mode == "RGB" and ready.image.size == page.size
+    assert ready.classify_input is not None and ready.detect_input is not None
+    tensor, scale = ready.detect_input
+    long_side = pipeline.detector.image_size  # type: ignore[attr-defined]
+    assert max(tensor.shape[1:]) == long_side
+    assert scale == pytest.approx(long_side / max(page.size))
+
+
+def _rotated_photo(page: Image.Image) -> Image.Image:
+    """The page stored sideways with EXIF orientation 6, as a phone may send it."""
+    out = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    page.convert("RGB").transpose(Image.Transpose.ROTATE_90).save(out, "JPEG", exif=exif)
+    out.seek(0)
+    return Image.open(out)

@@ -42,8 +42,26 @@ class Pipeline:
         """
         return self.finish(self.detect(images, on_stage), on_stage)
 
-    def detect(self, images: list[Image.Image], on_stage: StageCallback | None = None) -> Detected:
+    def prepare(self, image: Image.Image) -> Prepared:
+        """One image made ready for the models: RGB, and each model's input (resized,
+        as a tensor; pinned on CUDA) where the model can make it ahead. A batching worker
+        runs this on the job's own thread, so the accelerator's thread only runs models.
+        The detector's input is made for every image, pages or not: the classifier has
+        not spoken yet."""
+        rgb = to_rgb(image)
+        classify = getattr(self.classifier, "prepare", None)
+        detect = getattr(self.detector, "prepare", None)
+        return Prepared(
+            rgb,
+            classify(rgb) if classify is not None else None,
+            detect(rgb) if detect is not None else None,
+        )
+
+    def detect(
+        self, images: list[Image.Image | Prepared], on_stage: StageCallback | None = None
+    ) -> Detected:
         """The accelerator's half of the chain: classify, then detect on relevant images.
+        Images may come as they are or as `prepare` made them.
 
         A batching worker runs this for one batch while ``finish`` (CPU: crop and OCR)
         works on the previous one.
@@ -54,8 +72,12 @@ class Pipeline:
 
         notify("classify")
         t0 = time.perf_counter()
-        rgb = [to_rgb(im) for im in images]
-        verdicts = self.classifier.classify(rgb) if rgb else []
+        ready = [im if isinstance(im, Prepared) else Prepared(to_rgb(im)) for im in images]
+        rgb = [p.image for p in ready]
+        if ready and all(p.classify_input is not None for p in ready):
+            verdicts = self.classifier.classify_prepared([p.classify_input for p in ready])  # type: ignore[attr-defined]
+        else:
+            verdicts = self.classifier.classify(rgb) if rgb else []
         timings["classify"] = _ms_since(t0) / n
 
         relevant = [i for i, v in enumerate(verdicts) if v.relevant]
@@ -64,11 +86,16 @@ class Pipeline:
         # Boxes under the pack's threshold come too when the numbering's gaps check may
         # take some of them (finish decides).
         gap_score = self._gap_score()
-        found = (
-            self.detector.detect([rgb[i] for i in relevant], min_score=gap_score)
-            if relevant
-            else []
-        )
+        if not relevant:
+            found = []
+        elif all(ready[i].detect_input is not None for i in relevant):
+            found = self.detector.detect_prepared(  # type: ignore[attr-defined]
+                [ready[i].detect_input for i in relevant],
+                [rgb[i].size for i in relevant],
+                min_score=gap_score,
+            )
+        else:
+            found = self.detector.detect([rgb[i] for i in relevant], min_score=gap_score)
         timings["detect"] = _ms_since(t0) / n
         threshold = None if gap_score is None else self.detector.score_threshold  # type: ignore[attr-defined]
         return Detected(rgb, verdicts, dict(zip(relevant, found, strict=True)), timings, threshold)
@@ -152,6 +179,16 @@ class Pipeline:
         final.update({full[position]: reading for position, reading in taken.items()})
         kept = [k for k in full if k in final]
         return kept, [final[k] for k in kept]
+
+
+@dataclass
+class Prepared:
+    """An image as `Pipeline.prepare` made it ready; None where a model makes its own
+    input from `image` in the batch."""
+
+    image: Image.Image  # RGB, orientation applied
+    classify_input: Any = None
+    detect_input: Any = None
 
 
 @dataclass

@@ -106,12 +106,15 @@ class TorchvisionDetector:
         return self._detect(tensors, scales, [im.size for im in images], min_score)
 
     def detect_prepared(
-        self, inputs: list[tuple[torch.Tensor, float]], sizes: list[tuple[int, int]]
+        self,
+        inputs: list[tuple[torch.Tensor, float]],
+        sizes: list[tuple[int, int]],
+        min_score: float | None = None,
     ) -> list[list[Detection]]:
         """`detect` on inputs made by `prepare`; `sizes` are the images' own (w, h)."""
         if not inputs:
             return []
-        return self._detect([t for t, _ in inputs], [s for _, s in inputs], sizes)
+        return self._detect([t for t, _ in inputs], [s for _, s in inputs], sizes, min_score)
 
     @torch.inference_mode()
     def _detect(
