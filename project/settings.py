@@ -179,9 +179,17 @@ CACHES = {
         "OPTIONS": {"pool_class": "detection.redis_pool.SharedConnectionPool"},
     }
 }
+# Live job updates travel over Redis pub/sub. The list-based RedisChannelLayer lost
+# updates: a web process pops every socket's messages with one blocking pop at a time,
+# made by whichever socket's receive holds its lock; when that socket closed (a watcher
+# leaving after its job's outcome), the pop was cancelled with a message for another
+# socket already taken from Redis, and that socket never heard its job's outcome (about
+# 1 job in 500 in bench.e2e). Pub/sub pushes each update to the process, where a closing
+# socket takes nothing with it; it also subscribes again after Redis restarts, where the
+# lists' group memberships were gone for good. tests/web/test_channel_layer.py.
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {"hosts": [REDIS_URL], "prefix": "snapread:asgi"},
     }
 }

@@ -6,34 +6,67 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
 from detection import live
 
 
-def receive_all(channel: str, n: int) -> list[dict]:
-    layer = get_channel_layer()
+class Member:
+    """A channel in `group`, on an event loop of its own that keeps running between
+    calls, as a web process's loop does: the channel layer delivers to a subscription
+    while it lasts, not to whoever asks later."""
 
-    async def drain() -> list[dict]:
-        return [await asyncio.wait_for(layer.receive(channel), timeout=10) for _ in range(n)]
+    def __init__(self, group: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.layer = get_channel_layer()
+        self.channel = self._run(self._join(group))
 
-    return async_to_sync(drain)()
-
-
-def new_member(group: str) -> str:
-    layer = get_channel_layer()
-
-    async def join() -> str:
-        channel = await layer.new_channel()
-        await layer.group_add(group, channel)
+    async def _join(self, group: str) -> str:
+        channel = await self.layer.new_channel()
+        await self.layer.group_add(group, channel)
         return channel
 
-    return async_to_sync(join)()
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)
+
+    def receive(self, n: int) -> list[dict]:
+        async def drain() -> list[dict]:
+            return [
+                await asyncio.wait_for(self.layer.receive(self.channel), timeout=10)
+                for _ in range(n)
+            ]
+
+        return self._run(drain())
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+_members: list[Member] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_members() -> Iterator[None]:
+    yield
+    while _members:
+        _members.pop().close()
+
+
+def new_member(group: str) -> Member:
+    member = Member(group)
+    _members.append(member)
+    return member
+
+
+def receive_all(member: Member, n: int) -> list[dict]:
+    return member.receive(n)
 
 
 def connections_received() -> int:
