@@ -292,6 +292,12 @@ class Stack:
         uploaded = time.perf_counter()
         for watcher in watchers:
             watcher.join()
+        if len(seen) < len(photos):
+            # A watcher that never heard its job's outcome: the run would otherwise report
+            # the rest as if nothing were missing.
+            raise RuntimeError(
+                f"{len(photos) - len(seen)} jobs' outcomes never reached their sockets"
+            )
         elapsed = max(seen) - t0
         cpu = {k: v - cpu0[k] for k, v in self.cpu_account().items()}
         return {
