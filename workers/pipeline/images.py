@@ -6,7 +6,7 @@ import contextlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 
 def open_image(path: str | Path) -> Image.Image:
@@ -22,9 +22,12 @@ def to_rgb(im: Image.Image) -> Image.Image:
     Photos arrive as 16-bit PNG, CMYK JPEG, palette images with transparency and
     so on; every stage after this one sees only RGB.
     """
-    # A broken EXIF block must not cost the image: keep it as it came.
+    # A broken EXIF block must not cost the image: keep it as it came. Only a photo that
+    # needs turning is turned: exif_transpose copies every other one whole (5.8 MB for a
+    # 1200x1600 photo) to change nothing.
     with contextlib.suppress(Exception):
-        im = ImageOps.exif_transpose(im)
+        if im.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+            im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         im = _wide_to_l(im)
     if im.mode == "P":
