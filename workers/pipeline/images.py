@@ -20,7 +20,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
     """8-bit RGB with EXIF orientation applied; alpha is composited on white.
 
     Photos arrive as 16-bit PNG, CMYK JPEG, palette images with transparency and
-    so on; every stage after this one sees only RGB.
+    so on; every stage after this one sees only RGB. An upright RGB image comes back
+    as itself, not a copy: the chain only reads it.
     """
     # A broken EXIF block must not cost the image: keep it as it came. Only a photo that
     # needs turning is turned: exif_transpose copies every other one whole (5.8 MB for a
