@@ -47,7 +47,11 @@ def test_a_socket_closing_takes_no_update_meant_for_another() -> None:
     assert asyncio.run(scenario())["n"] == "outcome"
 
 
-def test_sockets_hear_their_jobs_again_after_redis_restarts(tmp_path: Path) -> None:
+def test_sockets_hear_their_jobs_again_after_redis_restarts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # While Redis is down the layer's receive loop logs every failed read; expected here.
+    caplog.set_level("CRITICAL", logger="channels_redis.pubsub")
     redis = RedisServer(tmp_path)
     redis.start()
     config = settings.CHANNEL_LAYERS["default"]
@@ -88,9 +92,3 @@ def test_sockets_hear_their_jobs_again_after_redis_restarts(tmp_path: Path) -> N
         redis.kill()
     assert heard[0] == 1
     assert len(heard) == 2, "no update reached the socket after Redis restarted"
-
-
-@pytest.fixture(autouse=True)
-def _quiet_receive_errors(caplog: pytest.LogCaptureFixture) -> None:
-    # While Redis is down the layer's receive loop logs every failed read; expected here.
-    caplog.set_level("CRITICAL", logger="channels_redis.pubsub")

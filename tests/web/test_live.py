@@ -65,16 +65,12 @@ def new_member(group: str) -> Member:
     return member
 
 
-def receive_all(member: Member, n: int) -> list[dict]:
-    return member.receive(n)
-
-
 def connections_received() -> int:
     return int(redis.Redis.from_url(settings.REDIS_URL).info("stats")["total_connections_received"])
 
 
 def test_updates_from_a_thread_arrive_in_order_over_kept_connections() -> None:
-    channel = new_member("job.live-order")
+    member = new_member("job.live-order")
     live.group_send("job.live-order", {"type": "job.update", "n": -1})  # connects
     opened = connections_received()
 
@@ -86,7 +82,7 @@ def test_updates_from_a_thread_arrive_in_order_over_kept_connections() -> None:
     worker.start()
     worker.join()
 
-    assert [m["n"] for m in receive_all(channel, 31)] == [-1, *range(30)]
+    assert [m["n"] for m in member.receive(31)] == [-1, *range(30)]
     # async_to_sync from a thread without a loop opened a connection for every send (30);
     # the margin is for other clients of the same server.
     assert connections_received() - opened <= 5
@@ -97,7 +93,7 @@ def _send_in_child(group: str) -> None:
 
 
 def test_a_forked_child_sends_on_a_loop_of_its_own() -> None:
-    channel = new_member("job.live-fork")
+    member = new_member("job.live-fork")
     live.group_send("job.live-fork", {"type": "job.update", "n": "parent"})
 
     child = multiprocessing.get_context("fork").Process(
@@ -109,7 +105,7 @@ def test_a_forked_child_sends_on_a_loop_of_its_own() -> None:
         child.kill()
 
     assert child.exitcode == 0
-    assert [m["n"] for m in receive_all(channel, 2)] == ["parent", "child"]
+    assert [m["n"] for m in member.receive(2)] == ["parent", "child"]
 
 
 def test_it_refuses_to_block_a_running_event_loop() -> None:
@@ -144,7 +140,7 @@ def held_sends(monkeypatch):
 
 def test_updates_not_waited_for_go_out_in_order_however_long_each_takes(held_sends) -> None:
     gates, delays, sent = held_sends
-    channel = new_member("job.live-uneven")
+    member = new_member("job.live-uneven")
     gates[0] = threading.Event()
     delays.update({2: 0.03, 5: 0.01, 9: 0.02})
 
@@ -156,7 +152,7 @@ def test_updates_not_waited_for_go_out_in_order_however_long_each_takes(held_sen
     # A waited send goes after every one handed over before it.
     live.group_send("job.live-uneven", {"type": "job.update", "n": "last"})
 
-    assert [m["n"] for m in receive_all(channel, 13)] == [*range(12), "last"]
+    assert [m["n"] for m in member.receive(13)] == [*range(12), "last"]
 
 
 def test_a_send_held_up_does_not_hold_up_other_groups(held_sends) -> None:
@@ -165,14 +161,14 @@ def test_a_send_held_up_does_not_hold_up_other_groups(held_sends) -> None:
     gates["held"] = threading.Event()
     live.group_send("job.live-held", {"type": "job.update", "n": "held"}, wait=False)
     live.group_send("job.live-free", {"type": "job.update", "n": "free"})  # waits: not held
-    assert [m["n"] for m in receive_all(free, 1)] == ["free"]
+    assert [m["n"] for m in free.receive(1)] == ["free"]
     gates["held"].set()
-    assert [m["n"] for m in receive_all(held, 1)] == ["held"]
+    assert [m["n"] for m in held.receive(1)] == ["held"]
 
 
 def test_updates_not_waited_for_are_dropped_past_the_limit(held_sends, monkeypatch, caplog) -> None:
     gates, _, _ = held_sends
-    channel = new_member("job.live-limit")
+    member = new_member("job.live-limit")
     monkeypatch.setattr(live, "MAX_PENDING", 2)
     gates[0] = threading.Event()
     for n in range(4):
@@ -180,5 +176,5 @@ def test_updates_not_waited_for_are_dropped_past_the_limit(held_sends, monkeypat
     gates[0].set()
     live.group_send("job.live-limit", {"type": "job.update", "n": "last"})
 
-    assert [m["n"] for m in receive_all(channel, 3)] == [0, 1, "last"]
+    assert [m["n"] for m in member.receive(3)] == [0, 1, "last"]
     assert "dropped an update to job.live-limit" in caplog.text
