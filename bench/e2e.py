@@ -15,10 +15,14 @@ On one machine, with the same N rendered 1200x1600 page photos, in one run:
 
 Measured alike: raw warms its chain up with one batch and counts the better of two timed
 runs of each mode; e2e and naive each first read one batch of their own untimed (B
-photos; one for naive), then count the better of two timed passes over the N photos (``--passes``).
+photos; one for naive), then count the better of two timed passes over the N photos
+(``--passes``).
 
 The stack is real and isolated (bench/stack.py): its own PostgreSQL database, a private
-redis-server, the web process as the Procfile runs it, a Celery worker. It writes
+redis-server, the web process as the Procfile runs it, a Celery worker. By default every
+process shares every CPU; with ``--worker-cpus``, raw and the workers run on those CPUs
+and the web, Redis and this client on the others, so that the worker has what raw had
+(PostgreSQL, the machine's own server, is not moved). It writes
 ``bench/results/latest.json`` and appends a row to ``docs/benchmarks.md``.
 """
 
@@ -45,7 +49,15 @@ from typing import Any
 import requests
 from websockets.sync.client import connect
 
-from bench.stack import BenchStack, Process, cpu_seconds, make_users, servers_named
+from bench.stack import (
+    BenchStack,
+    Process,
+    cpu_seconds,
+    make_users,
+    parse_cpus,
+    pinned,
+    servers_named,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "latest.json"
@@ -72,12 +84,23 @@ def main() -> None:
     p.add_argument("--database", help="PostgreSQL server for the benchmark's own database")
     p.add_argument("--redis", help="a Redis database to use and FLUSH (default: a private one)")
     p.add_argument("--passes", type=int, default=2, help="timed passes of e2e and naive")
+    p.add_argument(
+        "--worker-cpus",
+        help="CPUs for raw and for each worker, as taskset -c writes them (0,1 or 0-3); "
+        "the web, Redis and this client then run on the others. Default: everything "
+        "shares every CPU",
+    )
     p.add_argument("--no-doc", action="store_true", help="do not append to docs/benchmarks.md")
     args = p.parse_args()
 
+    worker_cpus, service_cpus = split_cpus(args.worker_cpus)
     photos = render_photos(args.images)
-    raw = measure_raw(photos, args.batch, args.device)
-    with Stack(args) as stack:
+    raw = measure_raw(photos, args.batch, args.device, worker_cpus)
+    # From here on this client and every process it starts (web, Redis) run on the other
+    # CPUs; the workers are started on the worker's (Stack.start_worker).
+    if service_cpus is not None:
+        os.sched_setaffinity(0, service_cpus)
+    with Stack(args, worker_cpus) as stack:
         stack.start_worker("e2e")
         e2e = stack.best_throughput(photos, warm_up=args.batch, passes=args.passes)
         latency = stack.added_latency(photos[: args.latency_jobs])
@@ -90,6 +113,10 @@ def main() -> None:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": raw["device"],
         "cpu_cores": os.cpu_count(),
+        # None: everything shared every CPU; else raw and the workers ran on these, and
+        # the web, Redis and the client on the rest (PostgreSQL, the machine's, anywhere).
+        "worker_cpus": sorted(worker_cpus) if worker_cpus is not None else None,
+        "service_cpus": sorted(service_cpus) if service_cpus is not None else None,
         "torch": raw["torch"],
         "images": len(photos),
         "batch_size": args.batch,
@@ -131,16 +158,41 @@ def render_photos(n: int) -> list[bytes]:
     return photos
 
 
-def measure_raw(photos: list[bytes], batch: int, device: str) -> dict[str, Any]:
+def split_cpus(text: str | None) -> tuple[set[int] | None, set[int] | None]:
+    """--worker-cpus: (the worker's CPUs, the other CPUs for everything else), or
+    (None, None) when everything shares every CPU."""
+    if not text:
+        return None, None
+    allowed = os.sched_getaffinity(0)
+    try:
+        worker = parse_cpus(text)
+    except ValueError as exc:
+        raise SystemExit(f"--worker-cpus: {exc}") from None
+    if not worker <= allowed:
+        raise SystemExit(f"--worker-cpus {text}: this machine lets us use CPUs {sorted(allowed)}")
+    rest = allowed - worker
+    if not rest:
+        raise SystemExit(
+            f"--worker-cpus {text} leaves no CPU for the web, Redis and the client; "
+            "leave at least one out"
+        )
+    return worker, rest
+
+
+def measure_raw(
+    photos: list[bytes], batch: int, device: str, cpus: set[int] | None = None
+) -> dict[str, Any]:
     """The chain alone in this process, decode included; it runs in a child process so
-    that its threads and memory are gone before the stack starts."""
+    that its threads and memory are gone before the stack starts (on ``cpus``, when
+    given, which torch then sizes its threads to)."""
     with tempfile.TemporaryDirectory() as tmp:
         for k, data in enumerate(photos):
             Path(tmp, f"{k:04d}.jpg").write_bytes(data)
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.raw", tmp, "--batch", str(batch), "--device", device],
-            cwd=REPO, check=True, capture_output=True, text=True,
-        )  # fmt: skip
+        with pinned(cpus):
+            out = subprocess.run(
+                [sys.executable, "-m", "bench.raw", tmp, "--batch", str(batch), "--device", device],
+                cwd=REPO, check=True, capture_output=True, text=True,
+            )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -151,8 +203,11 @@ class Stack:
     """bench.stack's isolated stack (own database, private redis-server, the Procfile's
     web command), with the reading worker as the Procfile runs it or as the naive design."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, worker_cpus: set[int] | None = None) -> None:
         self.args = args
+        self.worker_cpus = worker_cpus
+        # Every CPU the stack's processes may use, theirs and the worker's.
+        self.cpus = os.sched_getaffinity(0) | (worker_cpus or set())
         self.bench = BenchStack(
             "e2e",
             env={
@@ -198,7 +253,8 @@ class Stack:
         argv += ["-A", "project", "worker", "-Q", "gpu,default", *pool, "-l", "info"]
         argv += ["-n", f"bench-{kind}@%h", "--without-gossip", "--without-mingle"]
         argv += ["--without-heartbeat"]
-        self.worker = self.bench.start(f"{kind}-worker", argv)
+        with pinned(self.worker_cpus):
+            self.worker = self.bench.start(f"{kind}-worker", argv)
         deadline = time.monotonic() + 180
         text = ""
         while time.monotonic() < deadline and self.worker.alive():
@@ -322,9 +378,7 @@ class Stack:
             # Where the machine's CPU went while the photos went through: CPU ms per photo
             # of each part, and what the cores could give in that time.
             "cpu_ms_per_image": {k: round(1000 * v / len(photos), 1) for k, v in cpu.items()},
-            "cpu_ms_per_image_available": round(
-                1000 * elapsed * len(os.sched_getaffinity(0)) / len(photos), 1
-            ),
+            "cpu_ms_per_image_available": round(1000 * elapsed * len(self.cpus) / len(photos), 1),
         }
 
     def cpu_account(self) -> dict[str, float]:
@@ -384,8 +438,14 @@ class Stack:
 
 
 def append_row(report: dict[str, Any], args: argparse.Namespace) -> None:
+    cores = f"{report['cpu_cores']} cores"
+    if report["worker_cpus"] is not None:
+        cores += (
+            f"; raw and worker on {cpu_list(report['worker_cpus'])}, "
+            f"the rest on {cpu_list(report['service_cpus'])}"
+        )
     row = (
-        f"| {report['when'][:10]} | {report['device']} ({report['cpu_cores']} cores) "
+        f"| {report['when'][:10]} | {report['device']} ({cores}) "
         f"| {report['images']} | B={report['batch_size']}, T={report['batch_wait_ms']} ms "
         f"| {report['raw_images_per_s']:.2f} | {report['e2e_images_per_s']:.2f} "
         f"| {report['naive_images_per_s']:.2f} | {report['e2e_over_raw']:.2f} "
@@ -397,6 +457,10 @@ def append_row(report: dict[str, Any], args: argparse.Namespace) -> None:
     if marker not in text:
         raise SystemExit(f"{DOC} has no '{marker}' line; the row was not recorded:\n{row}")
     DOC.write_text(text.replace(marker, row.rstrip("\n") + "\n" + marker))
+
+
+def cpu_list(cpus: list[int]) -> str:
+    return ("CPU " if len(cpus) == 1 else "CPUs ") + ",".join(map(str, cpus))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlparse, urlunparse
@@ -107,6 +108,32 @@ def machine_load() -> str:
     """What else the machine was doing: the 1/5/15-minute load averages and the cores."""
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def parse_cpus(text: str) -> set[int]:
+    """``0,1`` or ``0-3`` or ``0-1,4``: the CPU numbers, as ``taskset -c`` reads them."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError(f"not a CPU list: {text!r} (write it as 0,1 or 0-3)")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+@contextlib.contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Processes started inside run on ``cpus`` (None: wherever they may): this thread's
+    affinity, which a child inherits, is set for the block and put back after it."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 class Process:
