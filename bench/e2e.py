@@ -83,23 +83,28 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (raw and both workers)")
     p.add_argument("--database", help="PostgreSQL server for the benchmark's own database")
     p.add_argument("--redis", help="a Redis database to use and FLUSH (default: a private one)")
-    p.add_argument("--passes", type=int, default=2, help="timed passes of e2e and naive")
+    p.add_argument(
+        "--passes",
+        type=positive,
+        default=2,
+        help="timed passes of e2e and naive (the better counts)",
+    )
     p.add_argument(
         "--worker-cpus",
         help="CPUs for raw and for each worker, as taskset -c writes them (0,1 or 0-3); "
-        "the web, Redis and this client then run on the others. Default: everything "
-        "shares every CPU",
+        "the web, Redis and this client then run on the others (a server given by "
+        "--database or --redis stays where it is). Default: everything shares every CPU",
     )
     p.add_argument("--no-doc", action="store_true", help="do not append to docs/benchmarks.md")
     args = p.parse_args()
 
     worker_cpus, service_cpus = split_cpus(args.worker_cpus)
-    photos = render_photos(args.images)
-    raw = measure_raw(photos, args.batch, args.device, worker_cpus)
-    # From here on this client and every process it starts (web, Redis) run on the other
-    # CPUs; the workers are started on the worker's (Stack.start_worker).
+    # This client, every thread it makes and every process it starts (web, Redis) run on
+    # the other CPUs; raw and the workers are started on the worker's (`pinned`).
     if service_cpus is not None:
         os.sched_setaffinity(0, service_cpus)
+    photos = render_photos(args.images)
+    raw = measure_raw(photos, args.batch, args.device, worker_cpus)
     with Stack(args, worker_cpus) as stack:
         stack.start_worker("e2e")
         e2e = stack.best_throughput(photos, warm_up=args.batch, passes=args.passes)
@@ -158,10 +163,17 @@ def render_photos(n: int) -> list[bytes]:
     return photos
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def split_cpus(text: str | None) -> tuple[set[int] | None, set[int] | None]:
     """--worker-cpus: (the worker's CPUs, the other CPUs for everything else), or
     (None, None) when everything shares every CPU."""
-    if not text:
+    if text is None:
         return None, None
     allowed = os.sched_getaffinity(0)
     try:
@@ -328,6 +340,11 @@ class Stack:
         better of `passes` timed passes over all the photos."""
         self.throughput(photos[:warm_up])
         runs = [self.throughput(photos) for _ in range(max(1, passes))]
+        for run in runs:
+            # A job that failed or was rejected finished early: such a pass measures
+            # something else than reading the photos.
+            if set(run["statuses"]) != {"succeeded"}:
+                raise RuntimeError(f"not every job succeeded in a pass: {run['statuses']}")
         best = max(runs, key=lambda run: run["images_per_s"])
         return dict(best, passes_images_per_s=[run["images_per_s"] for run in runs])
 

@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -114,10 +115,11 @@ def parse_cpus(text: str) -> set[int]:
     """``0,1`` or ``0-3`` or ``0-1,4``: the CPU numbers, as ``taskset -c`` reads them."""
     cpus: set[int] = set()
     for part in text.split(","):
-        first, dash, last = part.strip().partition("-")
-        if not first.isdigit() or (dash and not last.isdigit()):
+        found = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part.strip())
+        first, last = (int(found[1]), int(found[2] or found[1])) if found else (0, -1)
+        if last < first:
             raise ValueError(f"not a CPU list: {text!r} (write it as 0,1 or 0-3)")
-        cpus.update(range(int(first), int(last or first) + 1))
+        cpus.update(range(first, last + 1))
     return cpus
 
 

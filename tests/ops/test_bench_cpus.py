@@ -18,7 +18,7 @@ def test_cpu_lists_read_as_taskset_writes_them() -> None:
     assert parse_cpus("0,1") == {0, 1}
     assert parse_cpus("0-3") == {0, 1, 2, 3}
     assert parse_cpus("0-1, 4") == {0, 1, 4}
-    for bad in ("", "a", "1-", "-1", "0;1"):
+    for bad in ("", "a", "1-", "-1", "0;1", "1-0", "0,3-2", "\u0660"):
         with pytest.raises(ValueError, match="not a CPU list"):
             parse_cpus(bad)
 
@@ -31,6 +31,7 @@ def child_cpus() -> list[int]:
     return json.loads(out.stdout)
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one")
 def test_a_process_started_while_pinned_runs_on_those_cpus_only() -> None:
     everywhere = os.sched_getaffinity(0)
     first = min(everywhere)
@@ -38,6 +39,9 @@ def test_a_process_started_while_pinned_runs_on_those_cpus_only() -> None:
         assert child_cpus() == [first]
     assert os.sched_getaffinity(0) == everywhere
     assert child_cpus() == sorted(everywhere)
+    with pytest.raises(RuntimeError), pinned({first}):
+        raise RuntimeError("the run failed")
+    assert os.sched_getaffinity(0) == everywhere
     with pinned(None):
         assert child_cpus() == sorted(everywhere)
 
@@ -52,3 +56,5 @@ def test_the_worker_cpus_leave_the_rest_to_the_service() -> None:
         split_cpus(",".join(map(str, sorted(everywhere))))
     with pytest.raises(SystemExit, match="lets us use CPUs"):
         split_cpus(str(max(everywhere) + 1))
+    with pytest.raises(SystemExit, match="not a CPU list"):
+        split_cpus("")
