@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from workers.batching import Batcher
+from workers.memory import hold_freed_memory
 from workers.pipeline import load_pipeline
 
 
@@ -32,7 +33,15 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--pack")
+    p.add_argument(
+        "--glibc-defaults",
+        action="store_true",
+        help="leave the allocator as glibc starts it; by default it holds freed memory, "
+        "as the worker does (workers/memory.py; bench.allocator compares the two)",
+    )
     args = p.parse_args()
+    if not args.glibc_defaults:
+        hold_freed_memory()
 
     paths = sorted(args.photos.glob("*.jpg"))
     pipeline = load_pipeline(args.pack, args.device)

@@ -17,6 +17,7 @@ from typing import Any
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import (
+    worker_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -29,6 +30,7 @@ from PIL import Image
 from detection.jobs import Claim, Reading, RegionReading
 from workers import metrics
 from workers.batching import Batcher
+from workers.memory import hold_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,14 @@ def _load_eagerly() -> None:
         batcher()
     except PackUnavailable:
         log.exception("reading chain not loaded at worker start")
+
+
+@worker_init.connect
+def _hold_memory(**_: object) -> None:
+    # Before the pool and the consumer start their threads (an arena a thread has made
+    # stays); prefork children inherit it.
+    if settings.SNAPREAD_HOLD_MEMORY and hold_freed_memory():
+        log.info("allocator: freed memory held for the next batch (workers/memory.py)")
 
 
 @worker_process_init.connect

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import pytest
 
 from detection.models import Job, Status
 
-from .conftest import queued_job_without_message, upload
+from .conftest import queued_job_without_message, upload, wait_for_job
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 TERMINAL = {"succeeded", "rejected", "failed", "canceled"}
@@ -100,3 +101,38 @@ def test_it_streams_each_stage_of_the_real_chain_over_the_socket(reading_worker,
     ]
     final = messages[-1]["job"]
     assert final["regions"] and final["classification"]["relevant"] is True
+
+
+def test_the_reading_worker_reuses_the_memory_its_batches_free(reading_worker, alice) -> None:
+    """workers/memory.py in the worker as it runs (set up at worker_init): after its first
+    batches, the next reuse what the chain freed instead of faulting it in again. A third
+    round of eight faulted in 2 to 3,900 pages a job held, 17,600 to 19,600 with
+    SNAPREAD_HOLD_MEMORY=0 (glibc's defaults; docs/benchmarks.md, The allocator)."""
+    from project.celery import app
+    from workers.training.synth import fonts, render_page
+
+    pages = []
+    for seed in range(92_000_780, 92_000_788):
+        data = io.BytesIO()
+        render_page(seed, fonts("heldout")).image.save(data, "JPEG", quality=92)
+        pages.append(data.getvalue())
+
+    def read_round() -> None:
+        # Stored first, then every message at once, so that the worker batches them.
+        jobs = [queued_job_without_message(alice, data=page) for page in pages]
+        for job in jobs:
+            app.send_task("workers.tasks.read_job", args=[str(job.id)], queue="gpu")
+        for job in jobs:
+            assert wait_for_job(job.id, timeout=180).status == Status.SUCCEEDED
+
+    def minor_faults() -> int:
+        stat = Path(f"/proc/{reading_worker.process.pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[7])
+
+    for _ in range(2):  # the heap grows to what a batch of these pages needs
+        read_round()
+    before = minor_faults()
+    read_round()
+    per_job = (minor_faults() - before) / len(pages)
+    assert per_job < 10_000, f"{per_job:.0f} page faults a job"
+    assert "allocator: freed memory held" in reading_worker.log_path.read_text()
