@@ -4,7 +4,7 @@ the worker runs it, workers/memory.py) against glibc's defaults, in one run.
 Each is a fresh ``bench.raw`` process over the same N rendered page photos, in the order
 held, defaults, defaults, held; the better run of each counts. Prints one JSON object:
 each side's images/s (raw's best mode) and what its whole process cost the machine
-(user and system CPU seconds, minor page faults, peak resident size), and the ratio
+(user and system CPU seconds, minor page faults, peak resident size in MiB), and the ratio
 held / defaults. ``--cpus`` runs both on those CPUs only (as ``taskset -c`` reads them).
 """
 
@@ -72,6 +72,8 @@ def run_raw(argv: list[str]) -> dict[str, Any]:
     if child.returncode != 0:
         raise SystemExit(f"bench.raw failed ({child.returncode}): {' '.join(argv)}")
     raw = json.loads(out.strip().splitlines()[-1])
+    if raw["memory_held"] != ("--glibc-defaults" not in argv):
+        raise SystemExit("this process's allocator cannot hold freed memory (workers/memory.py)")
     return {
         "images_per_s": raw["images_per_s"],
         "modes_images_per_s": {
@@ -82,7 +84,7 @@ def run_raw(argv: list[str]) -> dict[str, Any]:
         "user_s": round(usage.ru_utime, 2),
         "system_s": round(usage.ru_stime, 2),
         "minor_faults": usage.ru_minflt,
-        "max_rss_mb": round(usage.ru_maxrss / 1024),
+        "max_rss_mib": round(usage.ru_maxrss / 1024),
     }
 
 

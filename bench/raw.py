@@ -40,8 +40,7 @@ def main() -> None:
         "as the worker does (workers/memory.py; bench.allocator compares the two)",
     )
     args = p.parse_args()
-    if not args.glibc_defaults:
-        hold_freed_memory()
+    held = False if args.glibc_defaults else hold_freed_memory()
 
     paths = sorted(args.photos.glob("*.jpg"))
     pipeline = load_pipeline(args.pack, args.device)
@@ -78,6 +77,7 @@ def main() -> None:
                 "batch": args.batch,
                 "device": device,
                 "torch": torch.__version__,
+                "memory_held": held,
                 "plain_batches_images_per_s": plain,
                 "batcher_in_turn_images_per_s": in_turn,
                 "batcher_overlapped_images_per_s": overlapped,
