@@ -253,7 +253,7 @@ SNAPREAD_WARM_UP = env_bool("SNAPREAD_WARM_UP", True)
 # OCR) of the one before. Off runs both halves in turn on one thread.
 SNAPREAD_BATCH_OVERLAP = env_bool("SNAPREAD_BATCH_OVERLAP", True)
 # The worker keeps the memory its batches free for the next batch instead of handing it
-# back to the system and faulting it in again (workers/memory.py; glibc only).
+# back to the system and faulting it in again (workers/memory.py; glibc 2.35 or later).
 SNAPREAD_HOLD_MEMORY = env_bool("SNAPREAD_HOLD_MEMORY", True)
 if SNAPREAD_BATCH_SIZE < 1 or SNAPREAD_BATCH_WAIT_MS < 0:
     raise ImproperlyConfigured("SNAPREAD_BATCH_SIZE must be >= 1 and SNAPREAD_BATCH_WAIT_MS >= 0.")
