@@ -14,12 +14,11 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.e2e import render_photos
+from bench.e2e import raw_argv, render_photos, write_photos
 from bench.stack import parse_cpus, pinned
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,14 +34,13 @@ def main() -> None:
     cpus = parse_cpus(args.cpus) if args.cpus else None
 
     with tempfile.TemporaryDirectory() as tmp:
-        for k, data in enumerate(render_photos(args.images)):
-            Path(tmp, f"{k:04d}.jpg").write_bytes(data)
+        write_photos(render_photos(args.images), Path(tmp))
+        argv = raw_argv(Path(tmp), args.batch, args.device)
         runs: dict[str, list[dict[str, Any]]] = {"held": [], "defaults": []}
         for side in ("held", "defaults", "defaults", "held"):
             extra = ["--glibc-defaults"] if side == "defaults" else []
-            argv = [sys.executable, "-m", "bench.raw", tmp, "--batch", str(args.batch)]
             with pinned(cpus):
-                runs[side].append(run_raw([*argv, "--device", args.device, *extra]))
+                runs[side].append(run_raw(argv + extra))
 
     best = {side: max(r, key=lambda run: run["images_per_s"]) for side, r in runs.items()}
     print(

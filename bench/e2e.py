@@ -198,14 +198,32 @@ def measure_raw(
     that its threads and memory are gone before the stack starts (on ``cpus``, when
     given, which torch then sizes its threads to)."""
     with tempfile.TemporaryDirectory() as tmp:
-        for k, data in enumerate(photos):
-            Path(tmp, f"{k:04d}.jpg").write_bytes(data)
+        write_photos(photos, Path(tmp))
         with pinned(cpus):
             out = subprocess.run(
-                [sys.executable, "-m", "bench.raw", tmp, "--batch", str(batch), "--device", device],
+                raw_argv(Path(tmp), batch, device),
                 cwd=REPO, check=True, capture_output=True, text=True,
             )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write_photos(photos: list[bytes], folder: Path) -> None:
+    """The photos as the JPEG files ``bench.raw`` reads, in order."""
+    for k, data in enumerate(photos):
+        (folder / f"{k:04d}.jpg").write_bytes(data)
+
+
+def raw_argv(folder: Path, batch: int, device: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "bench.raw",
+        str(folder),
+        "--batch",
+        str(batch),
+        "--device",
+        device,
+    ]
 
 
 # -- the stack -------------------------------------------------------------------------
@@ -339,7 +357,7 @@ class Stack:
         connections, threads and caches made, as raw's chain is warmed up), then the
         better of `passes` timed passes over all the photos."""
         self.throughput(photos[:warm_up])
-        runs = [self.throughput(photos) for _ in range(max(1, passes))]
+        runs = [self.throughput(photos) for _ in range(passes)]
         for run in runs:
             # A job that failed or was rejected finished early: such a pass measures
             # something else than reading the photos.
